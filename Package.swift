@@ -1,0 +1,45 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+// Layering (dependencies point down):
+//   executables (weft, weft-cni, weft-bench) -> WeftCNI -> WeftOS / WeftOSFakes -> WeftCore
+// WeftCore is pure: no syscalls, no Foundation file or process APIs.
+let package = Package(
+    name: "weft",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "weft-cni", targets: ["weft-cni"]),
+        .executable(name: "weft", targets: ["weft"]),
+        .executable(name: "weft-bench", targets: ["weft-bench"]),
+        .library(name: "WeftCore", targets: ["WeftCore"]),
+        .library(name: "WeftOSFakes", targets: ["WeftOSFakes"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+    ],
+    targets: [
+        .target(name: "WeftCore"),
+        // libnftables: the official nftables library (what `nft` itself uses); rtnetlink is
+        // written in Swift in WeftOS/Netlink because its surface is small and stable.
+        .systemLibrary(name: "CNFTables", pkgConfig: "libnftables", providers: [.apt(["libnftables-dev"])]),
+        .target(name: "WeftOS", dependencies: [
+            "WeftCore", "CNFTables",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
+        .target(name: "WeftOSFakes", dependencies: ["WeftCore", "WeftOS"]),
+        .target(name: "WeftCNI", dependencies: ["WeftCore", "WeftOS"]),
+        .executableTarget(name: "weft-cni", dependencies: ["WeftCNI", "WeftOS"]),
+        .executableTarget(name: "weft", dependencies: [
+            "WeftCore", "WeftOS", "WeftCNI",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "weft-bench", dependencies: [
+            "WeftCore", "WeftOS",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ], path: "bench/cni"),
+        .testTarget(name: "WeftCoreTests", dependencies: ["WeftCore", "WeftOSFakes"]),
+        .testTarget(name: "WeftCNITests", dependencies: ["WeftCNI", "WeftCore", "WeftOSFakes"]),
+        .testTarget(name: "WeftKernelTests", dependencies: ["WeftCore", "WeftOS"]),
+    ]
+)
