@@ -16,16 +16,15 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
-        .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
     ],
     targets: [
         .target(name: "WeftCore"),
         // libnftables: the official nftables library (what `nft` itself uses); rtnetlink is
         // written in Swift in WeftOS/Netlink because its surface is small and stable.
         .systemLibrary(name: "CNFTables", pkgConfig: "libnftables", providers: [.apt(["libnftables-dev"])]),
+        .target(name: "CWeftLinux"),
         .target(name: "WeftOS", dependencies: [
-            "WeftCore", "CNFTables",
-            .product(name: "SystemPackage", package: "swift-system"),
+            "WeftCore", "CNFTables", "CWeftLinux",
         ]),
         .target(name: "WeftOSFakes", dependencies: ["WeftCore", "WeftOS"]),
         .target(name: "WeftCNI", dependencies: ["WeftCore", "WeftOS"]),

@@ -1,0 +1,23 @@
+// The Linux kernel's netlink and namespace definitions, for WeftOS. Taking the constants and
+// structs from the kernel's own headers keeps them right by construction.
+#ifndef CWEFTLINUX_H
+#define CWEFTLINUX_H
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <netinet/in.h>  // before the linux/ headers, so libc-compat.h skips in6_addr
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <linux/if_link.h>
+#include <linux/if_addr.h>
+#include <linux/if_bridge.h>
+#include <linux/neighbour.h>
+#include <linux/veth.h>
+#include <linux/if.h>
+
+// Glibc hides setns behind _GNU_SOURCE, which Swift's Glibc module does not define.
+int weft_setns(int fd, int nstype);
+int weft_clone_newnet(void);
+int weft_pipe2_cloexec(int fds[2]);
+// True when fd is a namespace file (nsfs), as /var/run/netns/NAME and /proc/PID/ns/net are.
+int weft_is_nsfs(int fd);
+#endif

@@ -1,0 +1,98 @@
+import WeftCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Allocations on disk, in host-local's layout so its users find their way around:
+/// `DATADIR/NETWORK/IP` holds "containerID\r\nifname\r\nnamespace/pod", one file per address;
+/// `last_reserved_ip.N` remembers where round-robin stopped; `lock` is flocked around every
+/// change. A file appears by `link(2)` of a finished temporary file, so a crash at any point
+/// leaves an address either fully claimed or free, never claimed by an empty record.
+public final class DiskIPAMStore: IPAMStore {
+    public let directory: String
+    private var lockFD: Int32 = -1
+
+    public init(dataDir: String, network: String) throws(CNIError) {
+        directory = dataDir + "/" + network
+        do { try Files.makeDirectories(directory) } catch {
+            throw .ioFailure("cannot create IPAM data directory \(directory): \(error); check ipam.dataDir")
+        }
+    }
+
+    deinit { if lockFD >= 0 { close(lockFD) } }
+
+    public func locked<T>(_ body: () throws(CNIError) -> T) throws(CNIError) -> T {
+        let path = directory + "/lock"
+        let fd = retrying { open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600) }
+        guard fd >= 0 else { throw .ioFailure("cannot open IPAM lock \(path): \(SystemError("open"))") }
+        guard retrying({ flock(fd, LOCK_EX) }) == 0 else {
+            let e = SystemError("flock \(path)")
+            close(fd)
+            throw .ioFailure("cannot lock IPAM store: \(e)")
+        }
+        defer { close(fd) } // closing releases the lock
+        return try body()
+    }
+
+    public func reserve(_ address: IPAddress, owner: AllocationOwner) throws(CNIError) -> Bool {
+        let final = directory + "/" + address.description
+        let tmp = directory + "/.tmp-\(getpid())-" + address.description
+        var record = owner.containerID + "\r\n" + owner.ifname
+        if let ns = owner.podNamespace, let pod = owner.podName { record += "\r\n\(ns)/\(pod)" }
+        let fd = retrying { open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644) }
+        guard fd >= 0 else { throw .ioFailure("cannot write IPAM record \(tmp): \(SystemError("open"))") }
+        defer { unlink(tmp) }
+        do { try Files.writeAll(fd, Array(record.utf8), path: tmp) } catch {
+            close(fd)
+            throw .ioFailure("cannot write IPAM record: \(error)")
+        }
+        close(fd)
+        if link(tmp, final) == 0 { return true }
+        if errno == EEXIST { return false }
+        throw .ioFailure("cannot claim \(final): \(SystemError("link"))")
+    }
+
+    public func release(_ address: IPAddress) throws(CNIError) {
+        let path = directory + "/" + address.description
+        if unlink(path) != 0 && errno != ENOENT { throw .ioFailure("cannot release \(path): \(SystemError("unlink"))") }
+    }
+
+    public func allocations() throws(CNIError) -> [Allocation] {
+        let names: [String]
+        do { names = try Files.list(directory) } catch { throw .ioFailure("cannot list IPAM store: \(error)") }
+        var out: [Allocation] = []
+        for name in names {
+            if name.hasPrefix(".tmp-") { removeIfStale(name); continue }
+            guard let ip = IPAddress(name) else { continue }
+            let text = (try? Files.readString(directory + "/" + name)) ?? ""
+            let lines = text.split(separator: "\r\n", omittingEmptySubsequences: false).map(String.init)
+            var owner: AllocationOwner?
+            if lines.count >= 2, !lines[0].isEmpty, !lines[1].isEmpty {
+                owner = AllocationOwner(containerID: lines[0], ifname: lines[1])
+                if lines.count >= 3, let slash = lines[2].firstIndex(of: "/") {
+                    owner?.podNamespace = String(lines[2][..<slash])
+                    owner?.podName = String(lines[2][lines[2].index(after: slash)...])
+                }
+            }
+            out.append(Allocation(address: ip, owner: owner))
+        }
+        return out
+    }
+
+    /// A temporary record whose writer died before linking it claims nothing; remove it.
+    private func removeIfStale(_ name: String) {
+        let pidText = name.dropFirst(5).prefix { $0 != "-" }
+        if let pid = pid_t(pidText), kill(pid, 0) != 0 && errno == ESRCH { unlink(directory + "/" + name) }
+    }
+
+    public func lastReserved(rangeSet: Int) throws(CNIError) -> IPAddress? {
+        guard let text = try? Files.readString(directory + "/last_reserved_ip.\(rangeSet)") else { return nil }
+        return IPAddress(text.filter { !$0.isWhitespace })
+    }
+
+    public func setLastReserved(_ address: IPAddress, rangeSet: Int) throws(CNIError) {
+        do { try Files.writeAtomically(directory + "/last_reserved_ip.\(rangeSet)", Array(address.description.utf8)) } catch {
+            throw .ioFailure("cannot record last reserved address: \(error)")
+        }
+    }
+}

@@ -1,0 +1,108 @@
+import CWeftLinux
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A failed kernel request: the operation, the errno, and the kernel's extended-ack text when
+/// it gave one ("Invalid prefix for given prefix length").
+public struct NetlinkError: Error, Sendable, CustomStringConvertible {
+    public var operation: String
+    public var errno: Int32
+    public var kernelMessage: String?
+
+    public var description: String {
+        var s = "\(operation): \(String(cString: strerror(errno)))"
+        if let m = kernelMessage, !m.isEmpty { s += " (\(m))" }
+        return s
+    }
+    public var isExists: Bool { errno == EEXIST }
+    public var isNotFound: Bool { errno == ENODEV || errno == ENOENT || errno == ESRCH || errno == EADDRNOTAVAIL }
+}
+
+/// One NETLINK_ROUTE socket. It belongs to the network namespace it was created in, whatever
+/// thread later uses it: that is how weft works inside a pod without staying switched into it.
+public final class NetlinkSocket {
+    let fd: Int32
+    private var seq: UInt32 = 0
+    private var buffer = [UInt8](repeating: 0, count: 1 << 16)
+
+    public init() throws(NetlinkError) {
+        fd = socket(AF_NETLINK, k(SOCK_RAW) | k(SOCK_CLOEXEC), NETLINK_ROUTE)
+        guard fd >= 0 else { throw NetlinkError(operation: "open netlink socket", errno: Glibc.errno) }
+        var one: Int32 = 1
+        // Extended acks carry the kernel's reason; capped acks keep error replies small.
+        _ = setsockopt(fd, Int32(SOL_NETLINK), NETLINK_EXT_ACK, &one, socklen_t(MemoryLayout<Int32>.size))
+        _ = setsockopt(fd, Int32(SOL_NETLINK), NETLINK_CAP_ACK, &one, socklen_t(MemoryLayout<Int32>.size))
+        var addr = sockaddr_nl()
+        addr.nl_family = sa_family_t(AF_NETLINK)
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_nl>.size)) }
+        }
+        guard rc == 0 else {
+            let e = Glibc.errno
+            close(fd)
+            throw NetlinkError(operation: "bind netlink socket", errno: e)
+        }
+    }
+
+    deinit { close(fd) }
+
+    /// Sends a request and waits for its ACK; throws the kernel's error if there is one.
+    func execute(_ request: NetlinkRequest, _ operation: @autoclosure () -> String) throws(NetlinkError) {
+        _ = try exchange(request, operation)
+    }
+
+    /// Sends a request (a dump, or a GET for one object) and returns every reply message.
+    func exchange(_ request: NetlinkRequest, _ operation: () -> String) throws(NetlinkError) -> [NetlinkMessage] {
+        seq &+= 1
+        var req = request
+        let wire = req.finish(seq: seq)
+        let sent = wire.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
+        guard sent == wire.count else { throw NetlinkError(operation: operation(), errno: sent < 0 ? Glibc.errno : EIO) }
+
+        var replies: [NetlinkMessage] = []
+        while true {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n < 0 {
+                if Glibc.errno == EINTR { continue }
+                throw NetlinkError(operation: operation(), errno: Glibc.errno)
+            }
+            var i = 0
+            while i + 16 <= n {
+                let len = Int(load(UInt32.self, at: i))
+                let type = load(UInt16.self, at: i + 4)
+                let flags = load(UInt16.self, at: i + 6)
+                let mseq = load(UInt32.self, at: i + 8)
+                guard len >= 16, i + len <= n else { break }
+                defer { i += (len + 3) & ~3 }
+                guard mseq == seq else { continue } // a stale reply to an earlier request
+                let payload = buffer[(i + 16)..<(i + len)]
+                if type == UInt16(NLMSG_ERROR) {
+                    let err = Int32(bitPattern: load(UInt32.self, at: i + 16))
+                    if err == 0 { return replies }  // the ACK
+                    throw NetlinkError(operation: operation(), errno: -err, kernelMessage: extAckMessage(payload, flags: flags))
+                }
+                if type == UInt16(NLMSG_DONE) {
+                    // A dump's end (dumps get no separate ACK); it may carry the dump's error.
+                    let err = payload.count >= 4 ? Int32(bitPattern: load(UInt32.self, at: i + 16)) : 0
+                    if err < 0 { throw NetlinkError(operation: operation(), errno: -err) }
+                    return replies
+                }
+                replies.append(NetlinkMessage(type: type, flags: flags, seq: mseq, payload: ArraySlice(payload)))
+            }
+        }
+    }
+
+    private func load<T: FixedWidthInteger>(_: T.Type, at off: Int) -> T {
+        buffer.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: off, as: T.self) }
+    }
+
+    /// NLMSGERR_ATTR_MSG from an extended ack, after the (capped) original header.
+    private func extAckMessage(_ payload: ArraySlice<UInt8>, flags: UInt16) -> String? {
+        guard flags & UInt16(NLM_F_ACK_TLVS) != 0 else { return nil }
+        let capped = flags & UInt16(NLM_F_CAPPED) != 0
+        let skip = 4 + 16 + (capped ? 0 : Int(payload.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self) }) - 16)
+        guard payload.count > skip else { return nil }
+        return NetlinkAttributes(bytes: payload.dropFirst(skip)).string(k(NLMSGERR_ATTR_MSG))
+    }
+}
