@@ -10,7 +10,7 @@ import Glibc
 /// leaves an address either fully claimed or free, never claimed by an empty record.
 public final class DiskIPAMStore: IPAMStore {
     public let directory: String
-    private var lockFD: Int32 = -1
+    static let lockTimeoutMicroseconds = 20_000_000
 
     public init(dataDir: String, network: String) throws(CNIError) {
         directory = dataDir + "/" + network
@@ -19,16 +19,22 @@ public final class DiskIPAMStore: IPAMStore {
         }
     }
 
-    deinit { if lockFD >= 0 { close(lockFD) } }
-
     public func locked<T>(_ body: () throws(CNIError) -> T) throws(CNIError) -> T {
         let path = directory + "/lock"
         let fd = retrying { open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600) }
         guard fd >= 0 else { throw .ioFailure("cannot open IPAM lock \(path): \(SystemError("open"))") }
-        guard retrying({ flock(fd, LOCK_EX) }) == 0 else {
+        // Wait for the lock, but not forever: a wedged holder turns into "try again later"
+        // (code 11) rather than a runtime timeout with no answer.
+        var waited = 0
+        while retrying({ flock(fd, LOCK_EX | LOCK_NB) }) != 0 {
             let e = SystemError("flock \(path)")
-            close(fd)
-            throw .ioFailure("cannot lock IPAM store: \(e)")
+            guard e.errno == EWOULDBLOCK, waited < DiskIPAMStore.lockTimeoutMicroseconds else {
+                close(fd)
+                if e.errno == EWOULDBLOCK { throw .tryAgainLater("the IPAM store \(directory) stayed locked for \(waited / 1_000_000) s; try again") }
+                throw .ioFailure("cannot lock IPAM store: \(e)")
+            }
+            usleep(500)
+            waited += 500
         }
         defer { close(fd) } // closing releases the lock
         return try body()

@@ -64,8 +64,8 @@ public struct NetworkConfig: Sendable {
 
         let name = try f.string("name") ?? ""
         guard !name.isEmpty else { throw .invalidConfig("name is missing; give the network a name, e.g. \"name\": \"weft\"") }
-        guard name.allSatisfy({ $0.isLetter || $0.isNumber || "-_.".contains($0) }), name != ".", name != ".." else {
-            throw .invalidConfig("name \"\(name)\" may hold only letters, digits, '-', '_' and '.' (it names a directory of allocations)")
+        guard name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-_.".contains($0)) }), name != ".", name != "..", name.utf8.count <= 200 else {
+            throw .invalidConfig("name \"\(name)\" may hold only ASCII letters, digits, '-', '_' and '.' (it names a directory of allocations)")
         }
         let type = try f.string("type") ?? "weft"
 
@@ -207,11 +207,15 @@ public struct NetworkConfig: Sendable {
         return WeftIPAM(rangeSets: sets, routes: routes, dataDir: dataDir)
     }
 
-    /// CIDRs whose traffic is not masqueraded: the cluster range, or the pod subnets when none given.
+    /// Destinations not masqueraded, per family: the cluster range of that family, or the
+    /// pod subnets of that family when no cluster range was given for it.
     public var noMasqueradeDestinations: [IPNetwork] {
-        if !clusterCIDRs.isEmpty { return clusterCIDRs }
-        if case .builtin(let w) = ipam { return w.rangeSets.flatMap { $0.ranges.map(\.subnet) } }
-        return []
+        var podSubnets: [IPNetwork] = []
+        if case .builtin(let w) = ipam { podSubnets = w.rangeSets.flatMap { $0.ranges.map(\.subnet) } }
+        return [IPFamily.v4, .v6].flatMap { fam in
+            let cluster = clusterCIDRs.filter { $0.family == fam }
+            return cluster.isEmpty ? podSubnets.filter { $0.family == fam } : cluster
+        }
     }
 }
 

@@ -52,8 +52,8 @@ public struct NeighborEntry: Sendable, Equatable {
 
 /// What to create: a veth pair's two ends (the peer placed straight into another namespace),
 /// a bridge, or a VXLAN device.
-public enum LinkSpec: Sendable {
-    case veth(name: String, mtu: Int?, peerName: String, peerNamespace: NetworkNamespace?, peerMAC: [UInt8]?)
+public enum LinkSpec {
+    case veth(name: String, mtu: Int?, peerName: String, peerNamespace: (any PodNamespace)?, peerMAC: [UInt8]?)
     case bridge(name: String, mtu: Int?)
     case vxlan(name: String, vni: UInt32, port: UInt16, local: IPAddress?, underlayIndex: Int32?, mtu: Int?, learning: Bool)
 }

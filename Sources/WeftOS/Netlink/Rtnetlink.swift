@@ -71,7 +71,7 @@ public final class Rtnetlink: NetworkControl {
             r.attr(k(IFLA_IFNAME), string: peerName)
             if let mtu { r.attr(k(IFLA_MTU), u32: UInt32(mtu)) }
             if let peerMAC { r.attr(k(IFLA_ADDRESS), peerMAC) }
-            if let ns = peerNamespace { r.attr(k(IFLA_NET_NS_FD), u32: UInt32(ns.fd)) }
+            if let ns = peerNamespace as? NetworkNamespace { r.attr(k(IFLA_NET_NS_FD), u32: UInt32(ns.fd)) }
             r.endNest(); r.endNest(); r.endNest()
         case let .bridge(n, mtu):
             name = n

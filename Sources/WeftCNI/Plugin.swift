@@ -1,0 +1,74 @@
+import WeftCore
+import WeftOS
+
+/// The `weft` CNI plugin: one invocation in, one answer out. `weft-cni` only wires the
+/// process's environment, stdin and stdout to `run`.
+public struct Plugin {
+    let node: NodeSystem
+
+    public init(node: NodeSystem) { self.node = node }
+
+    public struct Outcome: Equatable {
+        public var stdout: String
+        public var exitCode: Int32
+    }
+
+    public func run(environment: [String: String], stdin: [UInt8]) -> Outcome {
+        // The error JSON carries the config's cniVersion when it can be read.
+        var replyVersion = CNIVersion.latest.description
+        if let j = try? JSONValue.parse(stdin), let v = j["cniVersion"]?.stringValue, let cv = CNIVersion(v), cv.isSupported {
+            replyVersion = v
+        }
+        do throws(CNIError) {
+            let env = try CNIEnvironment.parse(environment)
+            if env.command == .version { return Outcome(stdout: versionReply(stdin), exitCode: 0) }
+            let config = try NetworkConfig.parse(stdin, env: env)
+            let out = try dispatch(env, config)
+            return Outcome(stdout: out, exitCode: 0)
+        } catch {
+            return Outcome(stdout: error.json(cniVersion: replyVersion).serialized(pretty: true) + "\n", exitCode: 1)
+        }
+    }
+
+    func dispatch(_ env: CNIEnvironment, _ config: NetworkConfig) throws(CNIError) -> String {
+        let v = config.cniVersion
+        switch env.command {
+        case .add:
+            let result = try AddCommand(node: node, env: env, config: config).run()
+            return result.json(for: v).serialized(pretty: true) + "\n"
+        case .del:
+            try DelCommand(node: node, env: env, config: config).run()
+            return ""
+        case .check:
+            guard v.supportsCheck else { throw .incompatibleVersion("CHECK needs cniVersion 0.4.0 or later; the config says \(v)") }
+            try CheckCommand(node: node, env: env, config: config).run()
+            return ""
+        case .status:
+            guard v.supportsStatusAndGC else { throw .incompatibleVersion("STATUS needs cniVersion 1.1.0; the config says \(v)") }
+            try IPAMClient(node: node, env: env, config: config).status()
+            return ""
+        case .gc:
+            guard v.supportsStatusAndGC else { throw .incompatibleVersion("GC needs cniVersion 1.1.0; the config says \(v)") }
+            try GCCommand(node: node, env: env, config: config).run()
+            return ""
+        case .version:
+            return ""
+        }
+    }
+
+    func versionReply(_ stdin: [UInt8]) -> String {
+        var v = CNIVersion.latest.description
+        if let j = try? JSONValue.parse(stdin), let asked = j["cniVersion"]?.stringValue, CNIVersion(asked)?.isSupported == true { v = asked }
+        return JSONValue.object([
+            ("cniVersion", .string(v)),
+            ("supportedVersions", .array(CNIVersion.supported.map { .string($0.description) })),
+        ]).serialized(pretty: true) + "\n"
+    }
+}
+
+/// Turns OS-layer failures into CNI errors that say what was being done.
+func kernel<T>(_ what: @autoclosure () -> String, _ body: () throws -> T) throws(CNIError) -> T {
+    do { return try body() } catch let e as CNIError { throw e } catch {
+        throw .kernel("\(what()): \(error)")
+    }
+}
