@@ -28,9 +28,10 @@ let package = Package(
         ]),
         .target(name: "WeftOSFakes", dependencies: ["WeftCore", "WeftOS"]),
         .target(name: "WeftCNI", dependencies: ["WeftCore", "WeftOS"]),
+        .target(name: "WeftLab", dependencies: ["WeftCore", "WeftOS"]),
         .executableTarget(name: "weft-cni", dependencies: ["WeftCNI", "WeftOS"]),
         .executableTarget(name: "weft", dependencies: [
-            "WeftCore", "WeftOS", "WeftCNI",
+            "WeftCore", "WeftOS", "WeftCNI", "WeftLab",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "weft-bench", dependencies: [

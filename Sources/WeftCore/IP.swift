@@ -51,12 +51,13 @@ public struct IPAddress: Sendable, Hashable, Comparable, CustomStringConvertible
     /// The address `n` after this one, or nil past the end of the family's space.
     public func advanced(by n: Int) -> IPAddress? {
         let max: UInt128 = family == .v4 ? 0xffff_ffff : .max
+        // n.magnitude: -Int.min is not an Int. Compare against the room left, never `max - d`,
+        // which underflows when the step is wider than the IPv4 space.
+        let d = UInt128(n.magnitude)
         if n >= 0 {
-            let d = UInt128(n)
-            guard value <= max - d else { return nil }
+            guard d <= max - value else { return nil }
             return IPAddress(family: family, value: value + d)
         }
-        let d = UInt128(-n)
         guard value >= d else { return nil }
         return IPAddress(family: family, value: value - d)
     }
@@ -105,7 +106,9 @@ public struct IPAddress: Sendable, Hashable, Comparable, CustomStringConvertible
             if h.isEmpty { return [] }
             var out: [UInt16] = []
             for g in h.split(separator: ":", omittingEmptySubsequences: false) {
-                guard !g.isEmpty, g.count <= 4, let n = UInt16(g, radix: 16) else { return nil }
+                // Hex digits only: UInt16(_:radix:) alone would also take a sign ("+1", "-0").
+                guard !g.isEmpty, g.count <= 4, g.allSatisfy(\.isHexDigit),
+                      let n = UInt16(g, radix: 16) else { return nil }
                 out.append(n)
             }
             return out
@@ -131,8 +134,10 @@ public struct IPAddress: Sendable, Hashable, Comparable, CustomStringConvertible
         "\(v >> 24).\((v >> 16) & 0xff).\((v >> 8) & 0xff).\(v & 0xff)"
     }
 
-    /// RFC 5952: lowercase, longest run (≥ 2) of zero groups compressed, first run on a tie.
+    /// RFC 5952: lowercase, longest run (≥ 2) of zero groups compressed, first run on a tie;
+    /// IPv4-mapped addresses (::ffff:0:0/96) in mixed notation, "::ffff:1.2.3.4" (§5).
     static func formatV6(_ v: UInt128) -> String {
+        if v >> 32 == 0xffff { return "::ffff:" + formatV4(UInt32(truncatingIfNeeded: v)) }
         let g = (0..<8).map { UInt16(truncatingIfNeeded: v >> UInt128(16 * (7 - $0))) }
         var bestStart = -1, bestLen = 0, i = 0
         while i < 8 {

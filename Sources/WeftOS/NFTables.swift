@@ -10,6 +10,7 @@ public protocol NFTablesRunner: AnyObject {
 
 public struct NFTablesError: Error, Sendable, CustomStringConvertible {
     public var message: String
+    public init(message: String) { self.message = message }
     public var description: String { message }
 }
 

@@ -10,6 +10,9 @@ public enum Subprocess {
         public var status: Int32
         public var stdout: [UInt8]
         public var stderr: [UInt8]
+        public init(status: Int32, stdout: [UInt8], stderr: [UInt8] = []) {
+            self.status = status; self.stdout = stdout; self.stderr = stderr
+        }
     }
 
     public static func run(_ path: String, arguments: [String] = [], environment: [String: String], stdin: [UInt8]) throws(SystemError) -> Output {

@@ -1,1 +1,79 @@
-print("x")
+// weft: the command-line tool. Wiring only; the work lives in the libraries.
+import ArgumentParser
+import WeftCore
+import WeftLab
+import WeftOS
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@main
+struct Weft: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Weft: Kubernetes pod networking.",
+        subcommands: [Demo.self, Serve.self, Probe.self])
+}
+
+struct Demo: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "One emulated node with a few pods wired by the real weft CNI plugin: addresses, pings, clean-up.")
+
+    @Option(help: "How many pods.") var pods = 3
+    @Option(help: "bridge or routed.") var mode = "bridge"
+    @Option(help: "The weft-cni binary (default: next to this one).") var plugin: String?
+
+    func run() throws {
+        let bin = plugin ?? siblingExecutable("weft-cni")
+        let demo = try DemoRun(pods: pods, mode: mode, plugin: bin)
+        try demo.run { print($0) }
+    }
+}
+
+struct Serve: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Answer every TCP connection and UDP datagram with NAME and the client's address.")
+    @Option(help: "The name to answer with.") var name = "weft"
+    @Option(help: "TCP port.") var tcp: UInt16?
+    @Option(help: "UDP port.") var udp: UInt16?
+
+    func run() throws {
+        guard tcp != nil || udp != nil else { throw ValidationError("give --tcp PORT and/or --udp PORT") }
+        if let udp, let tcp {
+            let name = self.name
+            var t = pthread_t()
+            _ = pthread_create(&t, nil, { arg in
+                let port = UInt16(Int(bitPattern: arg))
+                try? EchoServer.serveUDP(port: port, name: ProcessInfoName.value)
+                return nil
+            }, UnsafeMutableRawPointer(bitPattern: Int(udp)))
+            ProcessInfoName.value = name
+            try EchoServer.serveTCP(port: tcp, name: name)
+        }
+        if let tcp { try EchoServer.serveTCP(port: tcp, name: name) }
+        if let udp { try EchoServer.serveUDP(port: udp, name: name) }
+    }
+}
+
+/// The server name, shared with the UDP thread (set once before it reads it).
+enum ProcessInfoName { nonisolated(unsafe) static var value = "weft" }
+
+struct Probe: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Connect to ADDRESS:PORT and print the answer of a `weft serve`.")
+    @Argument(help: "ADDRESS:PORT, IPv6 as [ADDRESS]:PORT.") var target: String
+    @Flag(help: "Use UDP instead of TCP.") var udp = false
+    @Option(help: "Timeout in milliseconds.") var timeout: Int32 = 2000
+
+    func run() throws {
+        guard let colon = target.lastIndex(of: ":"), let port = UInt16(target[target.index(after: colon)...]),
+              let host = IPAddress(target[..<colon].trimmingPrefix("[").split(separator: "]").first ?? "") else {
+            throw ValidationError("target \"\(target)\" is not ADDRESS:PORT (e.g. 10.22.0.5:8080 or [fd00::5]:8080)")
+        }
+        print(try EchoServer.probe(host: host, port: port, udp: udp, timeoutMilliseconds: timeout))
+    }
+}
+
+func siblingExecutable(_ name: String) -> String {
+    var buf = [CChar](repeating: 0, count: 4096)
+    let n = readlink("/proc/self/exe", &buf, buf.count - 1)
+    let me = n > 0 ? String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : ""
+    return String(me[..<(me.lastIndex(of: "/") ?? me.startIndex)]) + "/" + name
+}

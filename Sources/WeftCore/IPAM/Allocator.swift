@@ -82,7 +82,9 @@ public struct Allocator: Sendable {
                         rollback()
                         throw .addressUnavailable("requested address \(want) is the gateway of its range")
                     }
-                    guard try store.reserve(want, owner: owner) else {
+                    let reserved: Bool
+                    do throws(CNIError) { reserved = try store.reserve(want, owner: owner) } catch { rollback(); throw error }
+                    guard reserved else {
                         rollback()
                         throw .addressUnavailable("requested address \(want) is already allocated")
                     }
@@ -131,7 +133,8 @@ public struct Allocator: Sendable {
             while true {
                 if a != range.gateway && !taken.contains(a) {
                     if try store.reserve(a, owner: owner) {
-                        try store.setLastReserved(a, rangeSet: index)
+                        // `a` is not yet in the caller's rollback list: release it here if this fails.
+                        do throws(CNIError) { try store.setLastReserved(a, rangeSet: index) } catch { try? store.release(a); throw error }
                         return a
                     }
                 }

@@ -10,6 +10,10 @@ public struct NetlinkError: Error, Sendable, CustomStringConvertible {
     public var errno: Int32
     public var kernelMessage: String?
 
+    public init(operation: String, errno: Int32, kernelMessage: String? = nil) {
+        self.operation = operation; self.errno = errno; self.kernelMessage = kernelMessage
+    }
+
     public var description: String {
         var s = "\(operation): \(String(cString: strerror(errno)))"
         if let m = kernelMessage, !m.isEmpty { s += " (\(m))" }

@@ -79,6 +79,11 @@ public final class Rtnetlink: NetworkControl {
             if let mtu { r.attr(k(IFLA_MTU), u32: UInt32(mtu)) }
             r.beginNest(k(IFLA_LINKINFO))
             r.attr(k(IFLA_INFO_KIND), string: "bridge")
+            // Without snooping the bridge floods multicast, so IPv6 neighbour solicitation for
+            // a new pod works before the pod's MLD report has been seen.
+            r.beginNest(k(IFLA_INFO_DATA))
+            r.attr(k(IFLA_BR_MCAST_SNOOPING), u8: 0)
+            r.endNest()
             r.endNest()
         case let .vxlan(n, vni, port, local, underlay, mtu, learning):
             name = n

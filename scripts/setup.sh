@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what weft needs at build and run time from Debian, by package name. Idempotent:
+# packages already present are skipped, so a second run costs nothing.
+set -euo pipefail
+packages=(
+  iproute2                    # ip netns, used by the lab and the tests to make namespaces
+  nftables libnftables-dev    # masquerade rules; libnftables is linked by WeftOS
+  pkg-config                  # lets SwiftPM find libnftables
+  iputils-ping                # the demo's and tests' pings
+  containernetworking-plugins # the reference plugins (bridge, host-local, portmap, ...)
+  iptables                    # used by the reference plugins (ipMasq, portmap, firewall)
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
