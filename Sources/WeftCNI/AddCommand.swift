@@ -26,7 +26,11 @@ struct AddCommand {
             let result = try wire(ns: ns, pod: pod, lease: lease, mac: mac, undo: &undo)
             if config.ipMasq {
                 let podRanges = lease.addresses.map(\.address.network)
-                let script = Masquerade.ensureScript(network: config.name, podRanges: podRanges, clusterRanges: config.noMasqueradeDestinations)
+                // A family with neither a clusterCIDR nor built-in ranges (delegated IPAM)
+                // keeps at least its pod subnet unmasqueraded.
+                var keep = config.noMasqueradeDestinations
+                keep += podRanges.filter { r in !keep.contains { $0.family == r.family } }
+                let script = Masquerade.ensureScript(network: config.name, podRanges: podRanges, clusterRanges: keep)
                 try kernel("set up masquerade in nftables table inet \(Masquerade.table)") { try node.nftables().run(script) }
             }
             return result

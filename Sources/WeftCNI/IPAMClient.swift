@@ -34,7 +34,8 @@ struct IPAMClient {
             let r = try CNIResult(json: json, path: JSONPath("\(type) result"))
             guard !r.ips.isEmpty else { throw .delegateFailed("IPAM plugin \(type) returned no addresses") }
             return IPAMResult(addresses: r.ips.map { AllocatedAddress(address: $0.address, gateway: $0.gateway) },
-                              routes: r.routes, dns: r.dns.isEmpty ? config.dns : r.dns)
+                              // A result without routes means none were configured: default routes then.
+                              routes: r.routes.isEmpty ? nil : r.routes, dns: r.dns.isEmpty ? config.dns : r.dns)
         }
     }
 
