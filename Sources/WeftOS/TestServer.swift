@@ -1,3 +1,4 @@
+import CWeftLinux
 #if canImport(Glibc)
 import Glibc
 #endif
