@@ -16,6 +16,10 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        // The embedded datastore: SQLite through GRDB (WAL, busy handling, typed rows).
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.0.0"),
+        // etcd v3 through its JSON gateway (HTTP/1.1 with streaming watches).
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.20.0"),
     ],
     targets: [
         .target(name: "WeftCore"),
@@ -29,6 +33,11 @@ let package = Package(
         .target(name: "WeftOSFakes", dependencies: ["WeftCore", "WeftOS"]),
         .target(name: "WeftCNI", dependencies: ["WeftCore", "WeftOS"]),
         .target(name: "WeftLab", dependencies: ["WeftCore", "WeftOS"]),
+        .target(name: "WeftDatastore", dependencies: [
+            "WeftCore",
+            .product(name: "GRDB", package: "GRDB.swift"),
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
+        ]),
         .executableTarget(name: "weft-cni", dependencies: ["WeftCNI", "WeftOS"]),
         .executableTarget(name: "weft", dependencies: [
             "WeftCore", "WeftOS", "WeftCNI", "WeftLab",
@@ -41,5 +50,6 @@ let package = Package(
         .testTarget(name: "WeftCoreTests", dependencies: ["WeftCore", "WeftOSFakes"]),
         .testTarget(name: "WeftCNITests", dependencies: ["WeftCNI", "WeftCore", "WeftOSFakes"]),
         .testTarget(name: "WeftKernelTests", dependencies: ["WeftCore", "WeftOS"]),
+        .testTarget(name: "WeftDatastoreTests", dependencies: ["WeftCore", "WeftDatastore", "WeftOSFakes"]),
     ]
 )
