@@ -20,6 +20,11 @@ let package = Package(
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.0.0"),
         // etcd v3 through its JSON gateway (HTTP/1.1 with streaming watches).
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.20.0"),
+        // Long-running parts (the agent, the lab's runtime) as Services with graceful shutdown.
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.0.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.5.0"),
+        // Kubernetes manifests are YAML.
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.0"),
     ],
     targets: [
         .target(name: "WeftCore"),
@@ -32,7 +37,17 @@ let package = Package(
         ]),
         .target(name: "WeftOSFakes", dependencies: ["WeftCore", "WeftOS"]),
         .target(name: "WeftCNI", dependencies: ["WeftCore", "WeftOS"]),
-        .target(name: "WeftLab", dependencies: ["WeftCore", "WeftOS"]),
+        .target(name: "WeftAgent", dependencies: [
+            "WeftCore", "WeftOS",
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .target(name: "WeftLab", dependencies: [
+            "WeftCore", "WeftOS", "WeftAgent", "WeftDatastore",
+            .product(name: "Yams", package: "Yams"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .target(name: "WeftDatastore", dependencies: [
             "WeftCore",
             .product(name: "GRDB", package: "GRDB.swift"),
@@ -40,7 +55,7 @@ let package = Package(
         ]),
         .executableTarget(name: "weft-cni", dependencies: ["WeftCNI", "WeftOS"]),
         .executableTarget(name: "weft", dependencies: [
-            "WeftCore", "WeftOS", "WeftCNI", "WeftLab",
+            "WeftCore", "WeftOS", "WeftCNI", "WeftLab", "WeftAgent", "WeftDatastore",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "weft-bench", dependencies: [

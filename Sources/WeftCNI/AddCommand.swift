@@ -26,10 +26,12 @@ struct AddCommand {
             let result = try wire(ns: ns, pod: pod, lease: lease, mac: mac, undo: &undo)
             if config.ipMasq {
                 let podRanges = lease.addresses.map(\.address.network)
-                // A family with neither a clusterCIDR nor built-in ranges (delegated IPAM)
-                // keeps at least its pod subnet unmasqueraded.
+                // The pod's own subnet is never masqueraded, whatever clusterCIDR says (as the
+                // reference bridge plugin does). With br_netfilter, bridged pod-to-pod packets
+                // pass this nat hook; a clusterCIDR not covering the subnet (or none, with
+                // delegated IPAM) would SNAT them to the gateway and route them via the node.
                 var keep = config.noMasqueradeDestinations
-                keep += podRanges.filter { r in !keep.contains { $0.family == r.family } }
+                keep += podRanges.filter { r in !keep.contains { $0.prefixLength <= r.prefixLength && $0.contains(r.address) } }
                 let script = Masquerade.ensureScript(network: config.name, podRanges: podRanges, clusterRanges: keep)
                 try kernel("set up masquerade in nftables table inet \(Masquerade.table)") { try node.nftables().run(script) }
             }
@@ -151,6 +153,9 @@ struct AddCommand {
         }
         do {
             try host.createLink(.bridge(name: name, mtu: config.mtu))
+            // The bridge's link-local must be usable at once: the node sends neighbour
+            // solicitations for pods from it, and DAD would hold them back for 1-2 s.
+            try? node.ensureSysctl("net/ipv6/conf/\(name)/accept_dad", "0")
             if let b = try host.link(named: name) {
                 // Pin the MAC: an unpinned bridge takes its lowest port's MAC, and pods' cached
                 // gateway entries would go stale every time that port comes or goes.

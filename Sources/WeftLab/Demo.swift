@@ -22,8 +22,8 @@ public struct DemoRun {
         }
         let config = """
         {"cniVersion": "1.1.0", "name": "demo", "type": "weft", "mode": "\(mode)", "bridge": "weft0",
-         "ipMasq": true, "clusterCIDR": ["10.244.0.0/16", "fd00:244::/48"],
-         "ipam": {"ranges": [[{"subnet": "10.244.1.0/24"}], [{"subnet": "fd00:244:1::/64"}]], "dataDir": "\(lab.dataDir)"}}
+         "ipMasq": true, "clusterCIDR": ["10.244.0.0/16", "fd00:244::/56"],
+         "ipam": {"ranges": [[{"subnet": "10.244.1.0/24"}], [{"subnet": "fd00:244:0:1::/64"}]], "dataDir": "\(lab.dataDir)"}}
         """
         print("node namespace \(lab.node), mode \(mode), plugin \(plugin)\n")
         var rows: [(name: String, ns: String, v4: String, v6: String, id: String)] = []

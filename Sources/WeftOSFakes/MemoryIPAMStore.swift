@@ -14,8 +14,8 @@ import WeftCore
 /// `mutationsOutsideLock`, so a test can check that the allocator honours the store contract.
 ///
 /// Test hooks: `failReserveAfter` (inject an I/O failure part-way through an allocation),
-/// `failRelease` (addresses whose release fails), `insertOrphan` (an ownerless, i.e. unreadable,
-/// record as a crash may leave on disk).
+/// `failRelease` (addresses whose release fails), `failSetLastReserved`, and `insertOrphan`
+/// (an ownerless, i.e. unreadable, record as a crash may leave on disk).
 public final class MemoryIPAMStore: IPAMStore, @unchecked Sendable {
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
     /// How deep the current `locked` calls are nested. Only read or written with `mutex` held.
@@ -27,6 +27,7 @@ public final class MemoryIPAMStore: IPAMStore, @unchecked Sendable {
     private var _failReserveAfter: Int?
     private var reservesSinceArmed = 0
     private var _failRelease: Set<IPAddress> = []
+    private var _failSetLastReserved = false
     private var _reserveCount = 0
     private var _releaseCount = 0
     private var _lockCount = 0
@@ -98,8 +99,11 @@ public final class MemoryIPAMStore: IPAMStore, @unchecked Sendable {
     }
 
     public func setLastReserved(_ address: IPAddress, rangeSet: Int) throws(CNIError) {
-        withMutex {
+        try withMutex { () throws(CNIError) in
             noteMutation()
+            if _failSetLastReserved {
+                throw .ioFailure("MemoryIPAMStore: injected failure recording the last reserved address \(address)")
+            }
             last[rangeSet] = address
         }
     }
@@ -121,6 +125,12 @@ public final class MemoryIPAMStore: IPAMStore, @unchecked Sendable {
     public var failRelease: Set<IPAddress> {
         get { withMutex { _failRelease } }
         set { withMutex { _failRelease = newValue } }
+    }
+
+    /// When true, `setLastReserved` throws `CNIError.ioFailure`.
+    public var failSetLastReserved: Bool {
+        get { withMutex { _failSetLastReserved } }
+        set { withMutex { _failSetLastReserved = newValue } }
     }
 
     /// Adds an ownerless record for `a`, as an unreadable (torn) allocation file would appear.

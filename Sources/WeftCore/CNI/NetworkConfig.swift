@@ -116,6 +116,15 @@ public struct NetworkConfig: Sendable {
             ipam = .delegated(type: ipamType)
         }
 
+        if case .builtin(let w) = ipam {
+            for (i, set) in w.rangeSets.enumerated() {
+                let cluster = clusterCIDRs.filter { $0.family == set.family }
+                for r in set.ranges where !cluster.isEmpty && !cluster.contains(where: { $0.prefixLength <= r.subnet.prefixLength && $0.contains(r.subnet.address) }) {
+                    throw .invalidConfig("ipam.ranges[\(i)] subnet \(r.subnet) lies outside clusterCIDR \(cluster.map(\.description).joined(separator: ", ")); pod ranges must be inside the cluster range, or their traffic to other pods would be masqueraded")
+                }
+            }
+        }
+
         var dns = CNIResult.DNS()
         if let d = f.value("dns") {
             let g = Fields(d, JSONPath("dns"), code: 7)

@@ -33,11 +33,26 @@ public struct RouteEntry: Sendable, Equatable {
     public var mtu: Int?
     public var advmss: Int?
     public var preferredSource: IPAddress?
+    /// rtm_protocol: who owns the route. weft's agent marks its routes with `weftProtocol` so it
+    /// can find (and repair or withdraw) exactly its own.
+    public var protocolID: UInt8
+    public static let bootProtocol: UInt8 = 3
+    public static let weftProtocol: UInt8 = 0x57
     public init(destination: IPNetwork, gateway: IPAddress? = nil, linkIndex: Int32? = nil, scope: Scope = .universe, onLink: Bool = false,
-                table: UInt32 = 254, metric: UInt32? = nil, mtu: Int? = nil, advmss: Int? = nil, preferredSource: IPAddress? = nil) {
+                table: UInt32 = 254, metric: UInt32? = nil, mtu: Int? = nil, advmss: Int? = nil, preferredSource: IPAddress? = nil,
+                protocolID: UInt8 = RouteEntry.bootProtocol) {
         self.destination = destination; self.gateway = gateway; self.linkIndex = linkIndex; self.scope = scope; self.onLink = onLink
         self.table = table; self.metric = metric; self.mtu = mtu; self.advmss = advmss; self.preferredSource = preferredSource
+        self.protocolID = protocolID
     }
+}
+
+/// A VXLAN forwarding entry: frames for `mac` go to the VTEP at `remote`.
+public struct FDBEntry: Sendable, Equatable {
+    public var linkIndex: Int32
+    public var mac: [UInt8]
+    public var remote: IPAddress
+    public init(linkIndex: Int32, mac: [UInt8], remote: IPAddress) { self.linkIndex = linkIndex; self.mac = mac; self.remote = remote }
 }
 
 public struct NeighborEntry: Sendable, Equatable {
@@ -86,4 +101,9 @@ public protocol NetworkControl: AnyObject {
 
     func neighbors(family: IPFamily) throws(NetlinkError) -> [NeighborEntry]
     func ensureNeighbor(_ n: NeighborEntry) throws(NetlinkError)
+    func deleteNeighbor(_ n: NeighborEntry) throws(NetlinkError)
+
+    func fdb(index: Int32) throws(NetlinkError) -> [FDBEntry]
+    func ensureFDB(_ e: FDBEntry) throws(NetlinkError)
+    func deleteFDB(_ e: FDBEntry) throws(NetlinkError)
 }

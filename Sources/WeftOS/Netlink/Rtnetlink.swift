@@ -214,7 +214,8 @@ public final class Rtnetlink: NetworkControl {
                                    scope: RouteEntry.Scope(rawValue: h.rtm_scope) ?? .universe,
                                    onLink: h.rtm_flags & UInt32(RTNH_F_ONLINK) != 0,
                                    table: table, metric: a.u32(k(RTA_PRIORITY)),
-                                   preferredSource: a[k(RTA_PREFSRC)].flatMap { IPAddress(bytes: Array($0)) })
+                                   preferredSource: a[k(RTA_PREFSRC)].flatMap { IPAddress(bytes: Array($0)) },
+                                   protocolID: h.rtm_protocol)
             if let metrics = a.nested(k(RTA_METRICS)) {
                 entry.mtu = metrics.u32(k(RTAX_MTU)).map(Int.init)
                 entry.advmss = metrics.u32(k(RTAX_ADVMSS)).map(Int.init)
@@ -230,7 +231,7 @@ public final class Rtnetlink: NetworkControl {
         m.rtm_family = UInt8(e.destination.family == .v4 ? AF_INET : AF_INET6)
         m.rtm_dst_len = UInt8(e.destination.prefixLength)
         m.rtm_table = e.table < 256 ? UInt8(e.table) : UInt8(k(RT_TABLE_UNSPEC))
-        m.rtm_protocol = UInt8(RTPROT_BOOT)
+        m.rtm_protocol = e.protocolID
         m.rtm_scope = e.scope.rawValue
         m.rtm_type = UInt8(RTN_UNICAST)
         if e.onLink { m.rtm_flags = UInt32(RTNH_F_ONLINK) }
@@ -286,5 +287,53 @@ public final class Rtnetlink: NetworkControl {
         r.attr(k(NDA_DST), n.address.bytes)
         r.attr(k(NDA_LLADDR), n.mac)
         try socket.execute(r, "add neighbour \(n.address)")
+    }
+
+    public func deleteNeighbor(_ n: NeighborEntry) throws(NetlinkError) {
+        var r = NetlinkRequest(type: UInt16(RTM_DELNEIGH), flags: 0)
+        var m = ndmsg()
+        m.ndm_family = UInt8(n.address.family == .v4 ? AF_INET : AF_INET6)
+        m.ndm_ifindex = n.linkIndex
+        r.appendStruct(m)
+        r.attr(k(NDA_DST), n.address.bytes)
+        try socket.execute(r, "delete neighbour \(n.address)")
+    }
+
+    // MARK: bridge/VXLAN forwarding database
+
+    public func fdb(index: Int32) throws(NetlinkError) -> [FDBEntry] {
+        var r = NetlinkRequest(type: UInt16(RTM_GETNEIGH), flags: NLM_F_DUMP)
+        var m = ndmsg()
+        m.ndm_family = UInt8(AF_BRIDGE)
+        r.appendStruct(m)
+        var out: [FDBEntry] = []
+        for msg in try socket.exchange(r, { "list fdb" }) {
+            guard msg.type == UInt16(RTM_NEWNEIGH), let h = msg.header(ndmsg.self), h.ndm_ifindex == index else { continue }
+            let a = msg.attributes(after: ndmsg.self)
+            guard let mac = a[k(NDA_LLADDR)].map(Array.init), let dst = a[k(NDA_DST)].flatMap({ IPAddress(bytes: Array($0)) }) else { continue }
+            out.append(FDBEntry(linkIndex: index, mac: mac, remote: dst))
+        }
+        return out
+    }
+
+    private func fdbMessage(_ type: some BinaryInteger, flags: Int32, _ e: FDBEntry) -> NetlinkRequest {
+        var r = NetlinkRequest(type: type, flags: flags)
+        var m = ndmsg()
+        m.ndm_family = UInt8(AF_BRIDGE)
+        m.ndm_ifindex = e.linkIndex
+        m.ndm_state = UInt16(NUD_PERMANENT)
+        m.ndm_flags = UInt8(NTF_SELF)
+        r.appendStruct(m)
+        r.attr(k(NDA_LLADDR), e.mac)
+        r.attr(k(NDA_DST), e.remote.bytes)
+        return r
+    }
+
+    public func ensureFDB(_ e: FDBEntry) throws(NetlinkError) {
+        try socket.execute(fdbMessage(RTM_NEWNEIGH, flags: NLM_F_CREATE | NLM_F_REPLACE, e), "add fdb \(formatMAC(e.mac)) -> \(e.remote)")
+    }
+
+    public func deleteFDB(_ e: FDBEntry) throws(NetlinkError) {
+        try socket.execute(fdbMessage(RTM_DELNEIGH, flags: 0, e), "delete fdb \(formatMAC(e.mac))")
     }
 }

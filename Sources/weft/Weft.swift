@@ -8,10 +8,11 @@ import Glibc
 #endif
 
 @main
-struct Weft: ParsableCommand {
+struct Weft: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Weft: Kubernetes pod networking.",
-        subcommands: [Demo.self, Serve.self, Probe.self])
+        subcommands: [LabCommand.self, Apply.self, Get.self, Delete.self, ConnectivityCommand.self, Agent.self, Runtime.self,
+                       Demo.self, Serve.self, Probe.self])
 }
 
 struct Demo: ParsableCommand {
@@ -76,4 +77,10 @@ func siblingExecutable(_ name: String) -> String {
     let n = readlink("/proc/self/exe", &buf, buf.count - 1)
     let me = n > 0 ? String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : ""
     return String(me[..<(me.lastIndex(of: "/") ?? me.startIndex)]) + "/" + name
+}
+
+/// A failure at run time (not a usage mistake): printed without the usage text.
+struct CLIError: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
 }

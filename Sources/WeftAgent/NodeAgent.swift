@@ -1,0 +1,342 @@
+import Logging
+import ServiceLifecycle
+import WeftCore
+import WeftOS
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public struct AgentConfig: Sendable {
+    public var nodeName: String
+    /// The node's address on the host network; nil: the first global address of `uplink`.
+    public var hostIP: IPAddress?
+    public var uplink: String
+    /// What this agent proposes if the cluster has no configuration yet; otherwise it must match.
+    public var cluster: ClusterConfig
+    public var cniConfDir: String
+    public var ipamDataDir: String
+    public var leaseTTL: Int64
+    public var resyncSeconds: Double
+
+    public init(nodeName: String, hostIP: IPAddress?, uplink: String, cluster: ClusterConfig, cniConfDir: String,
+                ipamDataDir: String = NetworkConfig.defaultDataDir, leaseTTL: Int64 = 10, resyncSeconds: Double = 5) {
+        self.nodeName = nodeName; self.hostIP = hostIP; self.uplink = uplink; self.cluster = cluster; self.cniConfDir = cniConfDir
+        self.ipamDataDir = ipamDataDir; self.leaseTTL = leaseTTL; self.resyncSeconds = resyncSeconds
+    }
+}
+
+public struct AgentError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ d: String) { description = d }
+}
+
+/// The node agent: registers the node, claims its pod ranges, writes the CNI config (so the
+/// plugin never needs the agent on the ADD path), keeps its lease alive, and keeps the routes
+/// to every live peer programmed. Flow is one way: datastore -> desired state -> kernel.
+public final class NodeAgent: Service, @unchecked Sendable {
+    let config: AgentConfig
+    let store: any Datastore
+    let net: NetworkControl
+    let logger: Logger
+    private let state = PeerState()
+
+    public init(config: AgentConfig, store: any Datastore, net: NetworkControl, logger: Logger) {
+        self.config = config; self.store = store; self.net = net; self.logger = logger
+    }
+
+    public func run() async throws {
+        let cluster = try await agreeOnClusterConfig()
+        let hostIP = try config.hostIP ?? detectHostIP()
+        var vtepMAC: [UInt8]?
+        if cluster.mode == .vxlan { vtepMAC = try ensureVXLAN(cluster: cluster, hostIP: hostIP) }
+
+        let lease = try await claimNodeName(hostIP: hostIP)
+        let ranges = try await claimPodRanges(cluster: cluster)
+        let me = NodeInfo(name: config.nodeName, hostIP: hostIP, podCIDRs: ranges, vtepMAC: vtepMAC)
+        try await publish(me)
+        try prepareNode(cluster: cluster, ranges: ranges)
+        try writeCNIConfig(cluster: cluster, ranges: ranges)
+        logger.info("node registered", metadata: ["node": "\(config.nodeName)", "hostIP": "\(hostIP)", "podCIDRs": "\(ranges.map(\.description))", "mode": "\(cluster.mode.rawValue)"])
+
+        try await withGracefulShutdownHandler {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await self.keepAlive(lease: lease) }
+                group.addTask { try await self.watch(prefix: Keys.nodes) }
+                group.addTask { try await self.watch(prefix: Keys.nodeLeases) }
+                group.addTask { try await self.reconcileLoop(mode: cluster.mode) }
+                try await group.next()
+                group.cancelAll()
+            }
+        } onGracefulShutdown: {
+            // Leave the kernel as it is: routes keep flows alive across an agent restart, and
+            // peers withdraw theirs when this node's lease runs out.
+            self.logger.info("shutting down; routes stay until the lease expires")
+        }
+    }
+
+    // MARK: cluster configuration
+
+    func agreeOnClusterConfig() async throws -> ClusterConfig {
+        try config.cluster.validate()
+        if let kv = try await store.get(Keys.clusterConfig) {
+            guard let existing = ClusterConfig(json: try JSONValue.parse(kv.value)) else {
+                throw AgentError("the cluster configuration at \(Keys.clusterConfig) is unreadable")
+            }
+            guard existing == config.cluster else {
+                throw AgentError("this agent asks for \(describe(config.cluster)) but the cluster runs \(describe(existing)); start it with the cluster's settings")
+            }
+            return existing
+        }
+        do {
+            try await store.create(Keys.clusterConfig, value: Array(config.cluster.json.serialized().utf8))
+            return config.cluster
+        } catch DatastoreError.conflict {
+            return try await agreeOnClusterConfig() // another agent wrote it first
+        }
+    }
+
+    private func describe(_ c: ClusterConfig) -> String {
+        "mode \(c.mode.rawValue), ranges \(c.clusterCIDRs.map(\.description).joined(separator: ",")), blocks /\(c.blockPrefixV4) and /\(c.blockPrefixV6)"
+    }
+
+    // MARK: registration
+
+    /// The node's liveness key, bound to its lease. If the key is live and was written from
+    /// this node's own address, it is this agent's previous run: adopt its lease, so peers never
+    /// see the node leave during a restart. Held from another address, it is another agent
+    /// under the same name: refuse rather than fight over routes.
+    func claimNodeName(hostIP: IPAddress) async throws -> Int64 {
+        let key = Keys.nodeLease(config.nodeName)
+        while true {
+            if let kv = try await store.get(key) {
+                let j = try? JSONValue.parse(kv.value)
+                let holder = j?["holder"]?.stringValue ?? "?"
+                guard holder == hostIP.description else {
+                    throw AgentError("node name \(config.nodeName) is already registered by a running agent at \(holder); pick another --node name or stop that agent")
+                }
+                if (try? await store.keepAlive(lease: kv.lease)) != nil {
+                    logger.info("adopted the lease of this node's previous agent")
+                    return kv.lease
+                }
+                try? await store.delete(key, expectedRevision: kv.modRevision)
+                continue
+            }
+            let lease = try await store.grantLease(ttlSeconds: config.leaseTTL)
+            let value = Array(JSONValue.object([("holder", .string(hostIP.description))]).serialized().utf8)
+            do {
+                try await store.create(key, value: value, lease: lease)
+                return lease
+            } catch DatastoreError.conflict {
+                try? await store.revokeLease(lease)
+            }
+        }
+    }
+
+    /// Reuses the ranges this node already holds (a restarted agent keeps its pods' addresses),
+    /// otherwise claims the first free block of each cluster range by compare-and-swap.
+    func claimPodRanges(cluster: ClusterConfig) async throws -> [IPNetwork] {
+        var mine: [IPNetwork] = []
+        for cidr in cluster.clusterCIDRs {
+            let (items, _) = try await store.list(prefix: Keys.podRanges)
+            var taken = Set<IPNetwork>()
+            var held: IPNetwork?
+            for kv in items {
+                guard let j = try? JSONValue.parse(kv.value), let c = j["cidr"]?.stringValue.flatMap(IPNetwork.init), c.family == cidr.family else { continue }
+                taken.insert(c)
+                if j["node"]?.stringValue == config.nodeName, cidr.contains(c.address) { held = c }
+            }
+            if let held { mine.append(held); continue }
+            var claimed: IPNetwork?
+            for block in freeBlocks(of: cidr, prefix: cluster.blockPrefix(cidr.family), taken: taken) {
+                let value = Array(JSONValue.object([("cidr", .string(block.description)), ("node", .string(config.nodeName))]).serialized().utf8)
+                do {
+                    try await store.create(Keys.podRange(block), value: value)
+                    claimed = block
+                    break
+                } catch DatastoreError.conflict { continue } // another node took it meanwhile
+            }
+            guard let claimed else {
+                throw AgentError("cluster range \(cidr) has no free /\(cluster.blockPrefix(cidr.family)) block left for node \(config.nodeName) (\(taken.count) blocks are held); widen the range, use smaller blocks, or delete departed nodes")
+            }
+            mine.append(claimed)
+        }
+        return mine
+    }
+
+    func publish(_ me: NodeInfo) async throws {
+        let key = Keys.node(config.nodeName)
+        while true {
+            if let kv = try await store.get(key) {
+                var o = try KubeObject(bytes: kv.value)
+                let fresh = me.object
+                o.json = o.json.setting("spec", to: fresh.spec).setting("status", to: fresh.status)
+                o.annotations = o.annotations.merging(fresh.annotations) { $1 }
+                o.labels = o.labels.merging(fresh.labels) { $1 }
+                do { try await store.update(key, value: o.bytes, expectedRevision: kv.modRevision); return } catch DatastoreError.conflict { continue }
+            }
+            do { try await store.create(key, value: me.object.bytes); return } catch DatastoreError.conflict { continue }
+        }
+    }
+
+    // MARK: the node's own dataplane
+
+    func detectHostIP() throws -> IPAddress {
+        guard let link = try net.link(named: config.uplink) else {
+            throw AgentError("uplink \(config.uplink) does not exist on this node; pass --uplink with the host network interface")
+        }
+        guard let a = try net.addresses().first(where: { $0.linkIndex == link.index && !$0.address.address.isLinkLocal })?.address.address else {
+            throw AgentError("uplink \(config.uplink) has no address; give it one or pass --host-ip")
+        }
+        return a
+    }
+
+    func ensureVXLAN(cluster: ClusterConfig, hostIP: IPAddress) throws -> [UInt8] {
+        let uplink = try net.link(named: config.uplink)
+        let mtu = (uplink?.mtu ?? 1500) - (hostIP.family == .v4 ? VXLAN.overheadV4 : VXLAN.overheadV6)
+        if let dev = try net.link(named: VXLAN.device) {
+            if !dev.isUp { try net.setUp(index: dev.index) }
+            return dev.mac
+        }
+        try net.createLink(.vxlan(name: VXLAN.device, vni: cluster.vni, port: cluster.vxlanPort, local: hostIP, underlayIndex: uplink?.index, mtu: mtu, learning: false))
+        guard let dev = try net.link(named: VXLAN.device) else { throw AgentError("\(VXLAN.device) vanished after creation") }
+        try net.setMAC(index: dev.index, mac: dev.mac) // pinned, so peers' FDB entries stay valid
+        try net.setUp(index: dev.index)
+        return dev.mac
+    }
+
+    func prepareNode(cluster: ClusterConfig, ranges: [IPNetwork]) throws {
+        try Sysctl.ensure("net/ipv4/ip_forward", "1")
+        if ranges.contains(where: { $0.family == .v6 }) { try Sysctl.ensure("net/ipv6/conf/all/forwarding", "1") }
+        switch cluster.mode {
+        case .vxlan:
+            guard let dev = try net.link(named: VXLAN.device) else { return }
+            for r in ranges {
+                try net.ensureAddress(IPInterfaceAddress(address: VXLAN.tunnelAddress(r), prefixLength: r.family.bitWidth), index: dev.index, noDAD: true)
+            }
+        case .underlay:
+            // Answer ARP on the host segment for this node's pods, at once.
+            try Sysctl.ensure("net/ipv4/conf/\(config.uplink)/proxy_arp", "1")
+            try Sysctl.ensure("net/ipv4/neigh/\(config.uplink)/proxy_delay", "0")
+        case .native:
+            break
+        }
+    }
+
+    /// The conflist the container runtime reads. Written atomically; rewritten only if changed.
+    func writeCNIConfig(cluster: ClusterConfig, ranges: [IPNetwork]) throws {
+        let uplinkMTU = try net.link(named: config.uplink)?.mtu ?? 1500
+        let mtu = cluster.mode == .vxlan ? uplinkMTU - VXLAN.overheadV4 : uplinkMTU
+        let sets: [JSONValue] = ranges.map { r in
+            var range: [(String, JSONValue)] = [("subnet", .string(r.description))]
+            // In vxlan mode the block's first address is the node's tunnel address.
+            if cluster.mode == .vxlan, let start = r.first.advanced(by: 2) { range.append(("rangeStart", .string(start.description))) }
+            return .array([.object(range)])
+        }
+        let weft: JSONValue = .object([
+            ("type", .string("weft")),
+            ("mode", .string(cluster.mode == .underlay ? "routed" : "bridge")),
+            ("bridge", .string("weft0")),
+            ("mtu", .number(Double(mtu))),
+            ("ipMasq", .bool(true)),
+            ("clusterCIDR", .array(cluster.clusterCIDRs.map { .string($0.description) })),
+            ("ipam", .object([("ranges", .array(sets)), ("dataDir", .string(config.ipamDataDir))])),
+        ])
+        let conflist: JSONValue = .object([
+            // 1.0.0: what Debian's chained plugins (portmap) accept; weft speaks 1.1.0 too.
+            ("cniVersion", .string("1.0.0")), ("name", .string("weft")),
+            ("plugins", .array([weft, .object([("type", .string("portmap")), ("capabilities", .object([("portMappings", .bool(true))]))])])),
+        ])
+        try Files.makeDirectories(config.cniConfDir)
+        let path = config.cniConfDir + "/10-weft.conflist"
+        let text = Array(conflist.serialized(pretty: true).utf8)
+        if (try? Files.read(path)) != text { try Files.writeAtomically(path, text) }
+    }
+
+    // MARK: loops
+
+    func keepAlive(lease: Int64) async throws {
+        let period = max(Double(config.leaseTTL) / 3, 0.5)
+        while !Task.isCancelled {
+            try await Task.sleep(for: .milliseconds(Int(period * 1000)))
+            do { try await store.keepAlive(lease: lease) } catch {
+                logger.error("lease keepalive failed", metadata: ["error": "\(error)"])
+                if case DatastoreError.leaseNotFound = error {
+                    throw AgentError("this node's lease expired (the datastore was out of reach for longer than \(config.leaseTTL) s); restart the agent to register again")
+                }
+            }
+        }
+    }
+
+    /// List, then watch from the list's revision; on compaction or a broken stream, relist.
+    func watch(prefix: String) async throws {
+        while !Task.isCancelled {
+            do {
+                let (items, rev) = try await store.list(prefix: prefix)
+                await state.replace(prefix: prefix, items)
+                for try await e in store.watch(prefix: prefix, afterRevision: rev) {
+                    await state.apply(prefix: prefix, e)
+                }
+            } catch is CancellationError { return } catch {
+                logger.warning("watch interrupted; relisting", metadata: ["prefix": "\(prefix)", "error": "\(error)"])
+                try await Task.sleep(for: .milliseconds(200))
+            }
+        }
+    }
+
+    /// Reconciles on every change (coalesced) and at least every `resyncSeconds` (drift repair).
+    func reconcileLoop(mode: RoutingMode) async throws {
+        let reconciler = RouteReconciler(net: net)
+        var lastVersion = -1
+        var sinceFull = 0.0
+        let tick = 0.02
+        while !Task.isCancelled {
+            let (version, nodes) = await state.snapshot()
+            if version != lastVersion || sinceFull >= config.resyncSeconds {
+                let want = desiredRouting(me: config.nodeName, nodes: nodes, mode: mode, uplink: config.uplink)
+                do {
+                    let report = try reconciler.reconcile(want)
+                    if !report.isEmpty { logger.info("routes reconciled", metadata: ["added": "\(report.added)", "removed": "\(report.removed)", "peers": "\(nodes.count - 1)"]) }
+                    lastVersion = version
+                } catch {
+                    logger.error("reconcile failed", metadata: ["error": "\(error)"])
+                }
+                sinceFull = 0
+            }
+            try await Task.sleep(for: .milliseconds(Int(tick * 1000)))
+            sinceFull += tick
+        }
+    }
+}
+
+/// The agent's view of the cluster: nodes and which of them hold a live lease.
+actor PeerState {
+    private var nodes: [String: NodeInfo] = [:]
+    private var live: Set<String> = []
+    private var version = 0
+
+    func replace(prefix: String, _ items: [KeyValue]) {
+        if prefix == Keys.nodes {
+            nodes = [:]
+            for kv in items { if let o = try? KubeObject(bytes: kv.value), let n = NodeInfo(o) { nodes[n.name] = n } }
+        } else {
+            live = Set(items.map { String($0.key.dropFirst(prefix.count)) })
+        }
+        version += 1
+    }
+
+    func apply(prefix: String, _ e: WatchEvent) {
+        let name = String(e.kv.key.dropFirst(prefix.count))
+        if prefix == Keys.nodes {
+            if e.kind == .delete { nodes[name] = nil }
+            else if let o = try? KubeObject(bytes: e.kv.value), let n = NodeInfo(o) { nodes[name] = n }
+        } else {
+            if e.kind == .delete { live.remove(name) } else { live.insert(name) }
+        }
+        version += 1
+    }
+
+    /// Live nodes only: a node whose lease expired has its routes withdrawn everywhere.
+    func snapshot() -> (Int, [NodeInfo]) {
+        (version, nodes.values.filter { live.contains($0.name) }.sorted { $0.name < $1.name })
+    }
+}

@@ -1,0 +1,136 @@
+/// How pods on different nodes reach each other.
+public enum RoutingMode: String, Sendable, CaseIterable {
+    /// An overlay with its own ranges: one VXLAN device per node; per peer an FDB entry, a
+    /// neighbour entry and a route.
+    case vxlan
+    /// A route to each peer's pod range via the peer's host address (nodes share a segment).
+    case native
+    /// Pod addresses come from the host network's own range; nodes answer ARP for their pods
+    /// (proxy ARP), so anything on the segment reaches a pod with no route and no encapsulation.
+    case underlay
+}
+
+/// Cluster-wide settings every agent must agree on, stored once in the datastore.
+public struct ClusterConfig: Sendable, Equatable {
+    public var mode: RoutingMode
+    public var clusterCIDRs: [IPNetwork]
+    /// Prefix length of the block each node claims, per family.
+    public var blockPrefixV4: Int
+    public var blockPrefixV6: Int
+    public var vni: UInt32
+    public var vxlanPort: UInt16
+
+    public init(mode: RoutingMode, clusterCIDRs: [IPNetwork], blockPrefixV4: Int = 24, blockPrefixV6: Int = 80, vni: UInt32 = 4096, vxlanPort: UInt16 = 4789) {
+        self.mode = mode; self.clusterCIDRs = clusterCIDRs; self.blockPrefixV4 = blockPrefixV4; self.blockPrefixV6 = blockPrefixV6
+        self.vni = vni; self.vxlanPort = vxlanPort
+    }
+
+    public func blockPrefix(_ f: IPFamily) -> Int { f == .v4 ? blockPrefixV4 : blockPrefixV6 }
+
+    /// Checks ranges and block sizes; the message names the value and what is accepted.
+    public func validate() throws(ManifestError) {
+        guard !clusterCIDRs.isEmpty else { throw ManifestError("no cluster range given; pass e.g. --cluster-cidr 10.244.0.0/16") }
+        for (i, c) in clusterCIDRs.enumerated() {
+            for o in clusterCIDRs[..<i] where o.family == c.family {
+                throw ManifestError("cluster ranges \(o) and \(c) are both \(c.family); give at most one per family")
+            }
+            let block = blockPrefix(c.family)
+            guard block >= c.prefixLength else {
+                throw ManifestError("block size /\(block) is larger than the cluster range \(c); use a block of /\(c.prefixLength) or longer")
+            }
+            guard c.family.bitWidth - block >= 2 else {
+                throw ManifestError("block size /\(block) is too small for pods; use /\(c.family.bitWidth - 2) or shorter")
+            }
+        }
+    }
+
+    public var json: JSONValue {
+        .object([("mode", .string(mode.rawValue)), ("clusterCIDRs", .array(clusterCIDRs.map { .string($0.description) })),
+                 ("blockPrefixV4", .number(Double(blockPrefixV4))), ("blockPrefixV6", .number(Double(blockPrefixV6))),
+                 ("vni", .number(Double(vni))), ("vxlanPort", .number(Double(vxlanPort)))])
+    }
+
+    public init?(json j: JSONValue) {
+        guard let m = j["mode"]?.stringValue.flatMap(RoutingMode.init) else { return nil }
+        self.init(mode: m, clusterCIDRs: (j["clusterCIDRs"]?.arrayValue ?? []).compactMap { $0.stringValue.flatMap(IPNetwork.init) },
+                  blockPrefixV4: j["blockPrefixV4"]?.intValue ?? 24, blockPrefixV6: j["blockPrefixV6"]?.intValue ?? 80,
+                  vni: UInt32(j["vni"]?.intValue ?? 4096), vxlanPort: UInt16(j["vxlanPort"]?.intValue ?? 4789))
+    }
+}
+
+/// The blocks of `cluster` of the given prefix length, in order, skipping any in `taken`.
+/// Lazy, so a /8 cut into /24s is not materialised.
+public func freeBlocks(of cluster: IPNetwork, prefix: Int, taken: Set<IPNetwork>) -> some Sequence<IPNetwork> {
+    let count = UInt128(1) << UInt128(prefix - cluster.prefixLength)
+    let step = UInt128(1) << UInt128(cluster.family.bitWidth - prefix)
+    return (0..<min(count, 1 << 20)).lazy
+        .map { IPNetwork(containing: IPAddress(family: cluster.family, value: cluster.address.value + UInt128($0) * step), prefixLength: prefix) }
+        .filter { !taken.contains($0) }
+}
+
+// MARK: desired routing state
+
+public struct DesiredRoute: Sendable, Hashable, CustomStringConvertible {
+    public var destination: IPNetwork
+    public var gateway: IPAddress?
+    public var device: String
+    public var onLink: Bool
+    public init(destination: IPNetwork, gateway: IPAddress?, device: String, onLink: Bool = false) {
+        self.destination = destination; self.gateway = gateway; self.device = device; self.onLink = onLink
+    }
+    public var description: String { "\(destination)\(gateway.map { " via \($0)" } ?? "") dev \(device)\(onLink ? " onlink" : "")" }
+}
+
+public struct DesiredFDB: Sendable, Hashable {
+    public var mac: [UInt8]
+    public var remote: IPAddress
+    public init(mac: [UInt8], remote: IPAddress) { self.mac = mac; self.remote = remote }
+}
+
+public struct DesiredNeighbor: Sendable, Hashable {
+    public var address: IPAddress
+    public var mac: [UInt8]
+    public init(address: IPAddress, mac: [UInt8]) { self.address = address; self.mac = mac }
+}
+
+/// Everything one node must program to reach its live peers.
+public struct RoutingState: Sendable, Equatable {
+    public var routes: Set<DesiredRoute> = []
+    public var fdb: Set<DesiredFDB> = []
+    public var neighbors: Set<DesiredNeighbor> = []
+    public init() {}
+}
+
+public enum VXLAN {
+    public static let device = "weft.vxlan"
+    /// Encapsulation overhead: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
+    public static let overheadV4 = 50
+    public static let overheadV6 = 70
+    /// A node's VXLAN address: the first address of its IPv4 (or IPv6) pod block, as flannel does.
+    public static func tunnelAddress(_ block: IPNetwork) -> IPAddress { block.first }
+}
+
+/// Desired routes, FDB and neighbour entries for `me`, given the live peers. Pure: the agent
+/// diffs the result against the kernel.
+public func desiredRouting(me: String, nodes: [NodeInfo], mode: RoutingMode, uplink: String) -> RoutingState {
+    var s = RoutingState()
+    for peer in nodes where peer.name != me {
+        switch mode {
+        case .native:
+            for cidr in peer.podCIDRs where cidr.family == peer.hostIP.family {
+                s.routes.insert(DesiredRoute(destination: cidr, gateway: peer.hostIP, device: uplink))
+            }
+        case .vxlan:
+            guard let mac = peer.vtepMAC else { continue }
+            s.fdb.insert(DesiredFDB(mac: mac, remote: peer.hostIP))
+            for cidr in peer.podCIDRs {
+                let gw = VXLAN.tunnelAddress(cidr)
+                s.neighbors.insert(DesiredNeighbor(address: gw, mac: mac))
+                s.routes.insert(DesiredRoute(destination: cidr, gateway: gw, device: VXLAN.device, onLink: true))
+            }
+        case .underlay:
+            break // the pod range is on the host segment itself: proxy ARP, no routes
+        }
+    }
+    return s
+}

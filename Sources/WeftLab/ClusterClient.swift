@@ -1,0 +1,148 @@
+import WeftCore
+import WeftOS
+
+/// What `weft apply/get/delete` do against the datastore: Kubernetes' API semantics for the
+/// kinds weft handles, with the scheduler's one job (picking a node) done at apply time.
+public struct ClusterClient: Sendable {
+    public let store: any Datastore
+    public init(store: any Datastore) { self.store = store }
+
+    public func apply(_ objects: [KubeObject]) async throws -> [String] {
+        var lines: [String] = []
+        // Namespaces first, so pods in them can be checked.
+        for var o in objects.sorted(by: { ($0.kind == "Namespace" ? 0 : 1) < ($1.kind == "Namespace" ? 0 : 1) }) {
+            if o.kind == "Namespace" {
+                // As Kubernetes does: every namespace carries its own name as a label.
+                var l = o.labels
+                l["kubernetes.io/metadata.name"] = o.name
+                o.labels = l
+            }
+            if o.kind == "Pod" {
+                let ns = o.namespace ?? "default"
+                if o.namespace == nil { o.setMeta("namespace", .string(ns)) }
+                if try await store.get(Keys.namespace(ns)) == nil {
+                    if ns == "default" { try await ensureDefaultNamespace() } else {
+                        throw ManifestError("pod \(ns)/\(o.name): namespace \"\(ns)\" does not exist; apply a Namespace named \(ns) first")
+                    }
+                }
+                if o.nodeName == nil { o.setSpec("nodeName", .string(try await schedule())) }
+                else if try await store.get(Keys.node(o.nodeName!)) == nil {
+                    throw ManifestError("pod \(ns)/\(o.name): spec.nodeName \"\(o.nodeName!)\" is not a node of this cluster")
+                }
+            }
+            let key = try Keys.key(for: o)
+            if let kv = try await store.get(key) {
+                var existing = try KubeObject(bytes: kv.value)
+                if o.kind == "Pod" && existing.spec.setting("nodeName", to: nil) != o.spec.setting("nodeName", to: nil) {
+                    throw ManifestError("pod \(o.namespace ?? "default")/\(o.name): a pod's spec cannot change; delete it and apply again")
+                }
+                existing.labels = o.labels
+                existing.annotations = o.annotations
+                if o.kind != "Pod" { existing.json = existing.json.setting("spec", to: o.json["spec"]) }
+                try await store.update(key, value: existing.bytes, expectedRevision: kv.modRevision)
+                lines.append("\(o.kind.lowercased())/\(o.name) configured")
+            } else {
+                try await store.create(key, value: o.bytes)
+                lines.append("\(o.kind.lowercased())/\(o.name) created")
+            }
+        }
+        return lines
+    }
+
+    public func ensureDefaultNamespace() async throws {
+        var ns = KubeObject(apiVersion: "v1", kind: "Namespace", name: "default")
+        ns.labels = ["kubernetes.io/metadata.name": "default"]
+        do { try await store.create(Keys.namespace("default"), value: ns.bytes) } catch DatastoreError.conflict {}
+    }
+
+    /// The live node with the fewest pods (ties by name).
+    func schedule() async throws -> String {
+        let nodes = try await liveNodes()
+        guard !nodes.isEmpty else { throw ManifestError("no node is ready to run pods; is the lab up and are its agents running?") }
+        let pods = try await list(Keys.pods)
+        let load = Dictionary(grouping: pods.compactMap(\.nodeName), by: { $0 }).mapValues(\.count)
+        return nodes.map(\.name).min { (load[$0] ?? 0, $0) < (load[$1] ?? 0, $1) }!
+    }
+
+    public func delete(_ objects: [KubeObject]) async throws -> [String] {
+        var lines: [String] = []
+        for o in objects {
+            var o = o
+            if o.kind == "Pod" && o.namespace == nil { o.setMeta("namespace", .string("default")) }
+            let key = try Keys.key(for: o)
+            if o.kind == "Node" {
+                // A departed node's pod ranges go back to the pool.
+                for kv in try await store.list(prefix: Keys.podRanges).items where (try? JSONValue.parse(kv.value)["node"]?.stringValue) == o.name {
+                    try await store.delete(kv.key, expectedRevision: nil)
+                }
+            }
+            if try await store.get(key) == nil { lines.append("\(o.kind.lowercased())/\(o.name) not found"); continue }
+            try await store.delete(key, expectedRevision: nil)
+            lines.append("\(o.kind.lowercased())/\(o.name) deleted")
+        }
+        return lines
+    }
+
+    public func list(_ prefix: String) async throws -> [KubeObject] {
+        try await store.list(prefix: prefix).items.compactMap { try? KubeObject(bytes: $0.value) }
+    }
+
+    public func liveNodes() async throws -> [NodeInfo] {
+        let live = Set(try await store.list(prefix: Keys.nodeLeases).items.map { String($0.key.dropFirst(Keys.nodeLeases.count)) })
+        return try await list(Keys.nodes).compactMap(NodeInfo.init).filter { live.contains($0.name) && !$0.podCIDRs.isEmpty }
+    }
+
+    /// Nodes as `kubectl get nodes -o json` shows them, with a Ready condition from the lease.
+    public func nodeObjects() async throws -> [KubeObject] {
+        let live = Set(try await store.list(prefix: Keys.nodeLeases).items.map { String($0.key.dropFirst(Keys.nodeLeases.count)) })
+        return try await list(Keys.nodes).map { n in
+            var n = n
+            n.setStatus("conditions", .array([.object([("type", .string("Ready")), ("status", .string(live.contains(n.name) ? "True" : "Unknown"))])]))
+            return n
+        }
+    }
+
+    /// Waits until every pod in `names` (ns/name) has a phase; returns those that failed.
+    public func waitForPods(_ names: [String], timeoutSeconds: Double) async throws -> [String: String] {
+        let deadline = ContinuousClock.now + .milliseconds(Int(timeoutSeconds * 1000))
+        while ContinuousClock.now < deadline {
+            let pods = try await list(Keys.pods)
+            var pending = 0
+            var failed: [String: String] = [:]
+            for n in names {
+                guard let p = pods.first(where: { "\($0.namespace ?? "default")/\($0.name)" == n }) else { continue }
+                switch p.status["phase"]?.stringValue {
+                case "Running": break
+                case "Failed": failed[n] = p.status["message"]?.stringValue ?? "failed"
+                default: pending += 1
+                }
+            }
+            if pending == 0 { return failed }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        throw ManifestError("pods did not start within \(Int(timeoutSeconds)) s; see `weft get pods -A` and the runtime logs in /run/weft/lab/NAME/NODE/")
+    }
+
+    /// Waits until `count` nodes are live and have pod ranges.
+    public func waitForNodes(_ count: Int, timeoutSeconds: Double) async throws {
+        let deadline = ContinuousClock.now + .milliseconds(Int(timeoutSeconds * 1000))
+        while ContinuousClock.now < deadline {
+            if (try? await liveNodes().count) ?? 0 >= count { return }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        throw ManifestError("only \((try? await liveNodes().count) ?? 0) of \(count) nodes became ready within \(Int(timeoutSeconds)) s; see the agent logs")
+    }
+}
+
+/// Kubectl-style tables.
+public enum Tables {
+    public static func render(_ header: [String], _ rows: [[String]]) -> String {
+        let widths = header.indices.map { i in ([header[i]] + rows.map { i < $0.count ? $0[i] : "" }).map(\.count).max()! + 3 }
+        func line(_ cells: [String]) -> String {
+            var s = ""
+            for (i, c) in cells.enumerated() { s += i == cells.count - 1 ? c : c + String(repeating: " ", count: widths[i] - c.count) }
+            return s
+        }
+        return ([line(header)] + rows.map(line)).joined(separator: "\n")
+    }
+}

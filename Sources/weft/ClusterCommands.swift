@@ -1,0 +1,137 @@
+import ArgumentParser
+import WeftCore
+import WeftDatastore
+import WeftLab
+import WeftOS
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Where a command finds the cluster: an explicit --datastore, or the lab named by --lab.
+struct ClusterOptions: ParsableArguments {
+    @Option(help: "Datastore URL: sqlite:///PATH or etcd://HOST:PORT[,...] (default: the lab's).") var datastore: String?
+    @Option(help: "The lab to work on.") var lab = "weft"
+
+    /// Opens the datastore. An etcd lab's members live on the lab's host network, which is
+    /// reachable only from inside it: the command re-runs itself there (never touching the
+    /// root namespace's configuration).
+    func open() throws -> (any Datastore, LabState?) {
+        if let datastore { return (try openDatastore(datastore), nil) }
+        let state = try LabState.load(lab)
+        if state.usesEtcd && getenv("WEFT_IN_LAB_NETWORK") == nil {
+            reexec(in: state.hostNetwork)
+        }
+        return (try openDatastore(state.datastore), state)
+    }
+}
+
+func reexec(in netns: String) -> Never {
+    setenv("WEFT_IN_LAB_NETWORK", "1", 1)
+    let args = ["/usr/sbin/ip", "netns", "exec", netns, siblingExecutable("weft")] + CommandLine.arguments.dropFirst()
+    let argv = args.map { strdup($0) } + [nil]
+    execv("/usr/sbin/ip", argv)
+    fatalError("cannot run ip netns exec: \(String(cString: strerror(errno)))")
+}
+
+func readManifest(_ path: String) throws -> [KubeObject] {
+    let text: String
+    do { text = path == "-" ? String(decoding: try Files.read("/dev/stdin"), as: UTF8.self) : try Files.readString(path) } catch {
+        throw ValidationError("cannot read \(path): \(error)")
+    }
+    return try Manifests.parse(text, source: path)
+}
+
+struct Apply: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Create or update objects from a manifest (YAML or JSON), as kubectl apply does; waits for pods to run.")
+    @OptionGroup var cluster: ClusterOptions
+    @Option(name: .shortAndLong, help: "Manifest file, or - for stdin.") var filename: String
+    @Option(help: "Seconds to wait for pods to start (0: do not wait).") var wait = 60.0
+
+    func run() async throws {
+        let objects = try readManifest(filename)
+        let (store, _) = try cluster.open()
+        let client = ClusterClient(store: store)
+        for line in try await client.apply(objects) { print(line) }
+        let pods = objects.filter { $0.kind == "Pod" }.map { "\($0.namespace ?? "default")/\($0.name)" }
+        if wait > 0 && !pods.isEmpty {
+            let failed = try await client.waitForPods(pods, timeoutSeconds: wait)
+            if !failed.isEmpty {
+                throw CLIError(failed.map { "pod \($0.key) failed: \($0.value)" }.sorted().joined(separator: "\n"))
+            }
+        }
+    }
+}
+
+struct Delete: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Delete the objects of a manifest (pods get CNI DEL on their node).")
+    @OptionGroup var cluster: ClusterOptions
+    @Option(name: .shortAndLong, help: "Manifest file, or - for stdin.") var filename: String
+
+    func run() async throws {
+        let objects = try readManifest(filename)
+        let (store, _) = try cluster.open()
+        for line in try await ClusterClient(store: store).delete(objects) { print(line) }
+    }
+}
+
+struct Get: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List pods, nodes or namespaces, as kubectl get does.")
+    @OptionGroup var cluster: ClusterOptions
+    @Argument(help: "pods, nodes or namespaces.") var resource: String
+    @Flag(name: [.customShort("A"), .customLong("all-namespaces")], help: "Pods of every namespace.") var allNamespaces = false
+    @Option(name: .shortAndLong, help: "Namespace of the pods.") var namespace = "default"
+    @Option(name: .shortAndLong, help: "Output: wide or json.") var output: String?
+
+    func run() async throws {
+        let (store, _) = try cluster.open()
+        let client = ClusterClient(store: store)
+        var objects: [KubeObject]
+        switch resource {
+        case "pods", "pod", "po":
+            objects = try await client.list(Keys.pods).filter { allNamespaces || ($0.namespace ?? "default") == namespace }
+        case "nodes", "node", "no": objects = try await client.nodeObjects()
+        case "namespaces", "namespace", "ns": objects = try await client.list(Keys.namespaces)
+        default: throw ValidationError("unknown resource \"\(resource)\"; expected pods, nodes or namespaces")
+        }
+        objects.sort { ($0.namespace ?? "", $0.name) < ($1.namespace ?? "", $1.name) }
+        if output == "json" {
+            print(JSONValue.object([("apiVersion", .string("v1")), ("kind", .string("List")), ("items", .array(objects.map(\.json)))]).serialized(pretty: true))
+            return
+        }
+        guard output == nil || output == "wide" else { throw ValidationError("-o \(output!): expected wide or json") }
+        switch resource.prefix(2) {
+        case "po":
+            var header = ["NAMESPACE", "NAME", "STATUS", "IP"]
+            if output == "wide" { header += ["NODE", "IPS"] }
+            print(Tables.render(allNamespaces ? header : Array(header.dropFirst()), objects.map { p in
+                var row = [p.namespace ?? "default", p.name, p.status["phase"]?.stringValue ?? "Pending", p.podIP ?? "<none>"]
+                if output == "wide" { row += [p.nodeName ?? "<none>", (p.status["podIPs"]?.arrayValue ?? []).compactMap { $0["ip"]?.stringValue }.joined(separator: ",")] }
+                return allNamespaces ? row : Array(row.dropFirst())
+            }))
+        case "no":
+            print(Tables.render(["NAME", "STATUS", "INTERNAL-IP", "POD-CIDRS"], objects.map { n in
+                let ready = n.status["conditions"]?.arrayValue?.first?["status"]?.stringValue == "True"
+                return [n.name, ready ? "Ready" : "NotReady", NodeInfo(n)?.hostIP.description ?? "", (n.spec["podCIDRs"]?.arrayValue ?? []).compactMap(\.stringValue).joined(separator: ",")]
+            }))
+        default:
+            print(Tables.render(["NAME", "LABELS"], objects.map { [$0.name, $0.labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")] }))
+        }
+    }
+}
+
+struct ConnectivityCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "connectivity",
+        abstract: "Every pod to every pod and each node to its pods, with real packets; fails on a missing pair or a rewritten source.")
+    @OptionGroup var cluster: ClusterOptions
+    @Option(help: "Only this family: 4 or 6 (default: each pod's first address).") var family: Int?
+
+    func run() async throws {
+        let state = try LabState.load(cluster.lab)
+        let (store, _) = try cluster.open()
+        let pods = try await ClusterClient(store: store).list(Keys.pods)
+        let fam: IPFamily? = family == 6 ? .v6 : (family == 4 ? .v4 : nil)
+        let result = Connectivity(state: state, weftBinary: siblingExecutable("weft")).run(pods: pods, family: fam)
+        print(result.text)
+        if !result.failures.isEmpty { throw ExitCode(1) }
+    }
+}

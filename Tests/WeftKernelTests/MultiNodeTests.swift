@@ -1,0 +1,158 @@
+import Foundation
+import Testing
+import WeftCore
+import WeftOS
+
+/// Many nodes: `weft lab` builds a host network, nodes, the datastore, agents and runtimes in
+/// namespaces; pods are applied as Kubernetes manifests; real packets prove every pair.
+@Suite(.serialized, .enabled(if: isRoot, "needs root to create network namespaces"))
+struct MultiNodeTests {
+    /// A lab named for this test, torn down afterwards whatever happens.
+    final class TestLab {
+        let name = "t" + String(UInt32.random(in: 0..<UInt32.max), radix: 36)
+        init(nodes: Int, mode: String, datastore: String = "sqlite", leaseTTL: Int = 10) throws {
+            let r = try weft(["lab", "up", "--name", name, "--nodes", "\(nodes)", "--mode", mode, "--datastore", datastore, "--lease-ttl", "\(leaseTTL)"])
+            guard r.status == 0 else { _ = try? weft(["lab", "down", "--name", name]); throw LabError("lab up failed: \(r.stdout)\(r.stderr)") }
+        }
+        deinit { _ = try? weft(["lab", "down", "--name", name]) }
+
+        @discardableResult
+        func run(_ args: [String], stdin: String = "") throws -> CommandResult { try weft(args + ["--lab", name], stdin: stdin) }
+        func nodeNS(_ i: Int) -> String { "wl-\(name)-node\(i)" }
+        func podNS(_ ns: String, _ pod: String) -> String { "wl-\(name)-\(ns)-\(pod)" }
+    }
+
+    static func weft(_ args: [String], stdin: String = "") throws -> CommandResult { try sh([product("weft")] + args, stdin: stdin) }
+
+    static func podsManifest(nodes: Int, perNode: Int, namespace: String = "default") -> String {
+        var docs: [String] = []
+        for n in 0..<nodes {
+            for p in 0..<perNode {
+                docs.append("""
+                apiVersion: v1
+                kind: Pod
+                metadata:
+                  name: web-\(n)-\(p)
+                  namespace: \(namespace)
+                  labels: {app: web}
+                spec:
+                  nodeName: node\(n)
+                  containers:
+                  - name: web
+                    image: agnhost
+                    ports:
+                    - containerPort: 8080
+                      name: http
+                """)
+            }
+        }
+        return docs.joined(separator: "\n---\n")
+    }
+
+    @Test("every pod reaches every pod on every node, with no NAT", arguments: ["vxlan", "native", "underlay"])
+    func connectivity(mode: String) throws {
+        let lab = try TestLab(nodes: 3, mode: mode)
+        let apply = try lab.run(["apply", "-f", "-"], stdin: Self.podsManifest(nodes: 3, perNode: 2))
+        try #require(apply.status == 0, "\(apply.stdout)\(apply.stderr)")
+        let c = try lab.run(["connectivity"])
+        #expect(c.status == 0, "\(c.stdout)\(c.stderr)")
+        #expect(c.stdout.contains("36/36 pairs reached"), "30 pod pairs + 6 node-to-own-pod: \(c.stdout)")
+
+        // kubectl-shaped output.
+        let pods = try #require(try lab.run(["get", "pods", "-A", "-o", "json"]).json)
+        let items = pods["items"]?.arrayValue ?? []
+        #expect(items.count == 6)
+        for p in items {
+            #expect(p["status"]?["podIP"]?.stringValue != nil)
+            #expect(p["spec"]?["nodeName"]?.stringValue?.hasPrefix("node") == true)
+        }
+        let nodes = try #require(try lab.run(["get", "nodes", "-o", "json"]).json)
+        let nodeItems = nodes["items"]?.arrayValue ?? []
+        #expect(nodeItems.count == 3)
+        let cidrs = nodeItems.compactMap { $0["spec"]?["podCIDRs"]?.arrayValue?.first?.stringValue }
+        #expect(Set(cidrs).count == 3, "each node its own pod range: \(cidrs)")
+        #expect(nodeItems.allSatisfy { $0["status"]?["addresses"]?.arrayValue?.first?["type"]?.stringValue == "InternalIP" })
+
+        // Deleting the pods runs CNI DEL on their nodes: the namespaces go.
+        let del = try lab.run(["delete", "-f", "-"], stdin: Self.podsManifest(nodes: 3, perNode: 2))
+        #expect(del.status == 0)
+        var gone = false
+        for _ in 0..<50 where !gone {
+            gone = !((try? Files.list("/run/netns")) ?? []).contains { $0.hasPrefix("wl-\(lab.name)-default-") }
+            if !gone { usleep(100_000) }
+        }
+        #expect(gone, "pod namespaces removed after delete")
+    }
+
+    @Test("a node that leaves has its routes withdrawn everywhere; restarted, it keeps its pod range")
+    func nodeLeavesAndReturns() throws {
+        let lab = try TestLab(nodes: 3, mode: "native", leaseTTL: 2)
+        func routes(on i: Int) throws -> String { try sh(["ip", "netns", "exec", lab.nodeNS(i), "ip", "route", "show", "proto", "87"]).stdout }
+        let node2Range = try #require(try lab.run(["get", "nodes", "-o", "json"]).json?["items"]?.arrayValue?
+            .first { $0["metadata"]?["name"]?.stringValue == "node2" }?["spec"]?["podCIDRs"]?.arrayValue?.first?.stringValue)
+        #expect(try routes(on: 0).contains(node2Range))
+
+        // Kill node2's agent: after the lease TTL, node0 and node1 withdraw its route.
+        let pids = try sh(["ip", "netns", "pids", lab.nodeNS(2)]).stdout.split(separator: "\n").compactMap { pid_t($0) }
+        let agentPids = pids.filter { ((try? Files.readString("/proc/\($0)/cmdline")) ?? "").contains("agent") }
+        try #require(!agentPids.isEmpty)
+        for p in agentPids { kill(p, SIGKILL) }
+        var withdrawn = false
+        for _ in 0..<80 where !withdrawn { withdrawn = try !routes(on: 0).contains(node2Range) && !routes(on: 1).contains(node2Range); if !withdrawn { usleep(100_000) } }
+        #expect(withdrawn, "route to \(node2Range) withdrawn after the lease expired")
+
+        // Restart it the way the lab started it: the same range comes back everywhere.
+        let state = try JSONValue.parse(Files.read("/run/weft/lab/\(lab.name)/state.json"))
+        let datastore = try #require(state["datastore"]?.stringValue)
+        let dir = "/run/weft/lab/\(lab.name)/node2"
+        let restart = Process()
+        restart.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+        restart.arguments = ["netns", "exec", lab.nodeNS(2), product("weft"), "agent", "--node", "node2", "--datastore", datastore, "--mode", "native",
+                             "--cluster-cidr", "10.245.0.0/16", "--cluster-cidr", "fd00:245::/56", "--cni-conf-dir", dir + "/net.d",
+                             "--ipam-data-dir", dir + "/ipam", "--lease-ttl", "2"]
+        restart.standardOutput = FileHandle.nullDevice
+        restart.standardError = FileHandle.nullDevice
+        try restart.run()
+        defer { restart.terminate(); restart.waitUntilExit() }
+        var back = false
+        for _ in 0..<80 where !back { back = try routes(on: 0).contains(node2Range); if !back { usleep(100_000) } }
+        #expect(back, "route to \(node2Range) back after the restart, same range")
+    }
+
+    @Test("bad input: invalid manifests, unknown nodes, a second agent under a taken name, ranges that do not fit")
+    func badInput() throws {
+        let lab = try TestLab(nodes: 2, mode: "vxlan")
+        let ok = try lab.run(["apply", "-f", "-"], stdin: Self.podsManifest(nodes: 2, perNode: 1))
+        try #require(ok.status == 0)
+        let cases: [(String, String)] = [
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: Bad_Name}\nspec: {containers: [{name: c}]}", "is not a valid name"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {nodeName: node9, containers: [{name: c}]}", "\"node9\" is not a node"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: c, ports: [{containerPort: 70000}]}]}", "containerPort 70000"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: nope}\nspec: {containers: [{name: c}]}", "namespace \"nope\" does not exist"),
+            ("apiVersion: v1\nkind: Gadget\nmetadata: {name: g}", "kind \"Gadget\" is not supported"),
+            ("{not yaml: [", "not valid YAML"),
+        ]
+        for (manifest, message) in cases {
+            let r = try lab.run(["apply", "-f", "-"], stdin: manifest)
+            #expect(r.status != 0, "\(manifest)")
+            #expect(r.stderr.contains(message), "\(manifest): \(r.stderr)")
+        }
+        // A second agent calling itself node0 from another address is refused.
+        let state = try JSONValue.parse(Files.read("/run/weft/lab/\(lab.name)/state.json"))
+        let datastore = try #require(state["datastore"]?.stringValue)
+        let dup = try sh(["ip", "netns", "exec", lab.nodeNS(1), product("weft"), "agent", "--node", "node0", "--datastore", datastore,
+                          "--mode", "vxlan", "--cluster-cidr", "10.244.0.0/16", "--cluster-cidr", "fd00:244::/56", "--cni-conf-dir", "/tmp/\(lab.name)-dup"])
+        #expect(dup.status != 0 && dup.stderr.contains("already registered"), "\(dup.stderr)")
+        // An agent proposing different cluster settings is refused.
+        let other = try sh(["ip", "netns", "exec", lab.nodeNS(1), product("weft"), "agent", "--node", "node7", "--datastore", datastore,
+                            "--mode", "native", "--cluster-cidr", "10.99.0.0/16", "--cni-conf-dir", "/tmp/\(lab.name)-other"])
+        #expect(other.status != 0 && other.stderr.contains("the cluster runs"), "\(other.stderr)")
+        // A block larger than the range.
+        let tooBig = try sh(["ip", "netns", "exec", lab.nodeNS(1), product("weft"), "agent", "--node", "x", "--datastore", "sqlite:///tmp/\(lab.name)-x.db", "--cluster-cidr", "10.1.0.0/24",
+                             "--block-prefix-v4", "16", "--cni-conf-dir", "/tmp/\(lab.name)-x"])
+        #expect(tooBig.status != 0 && tooBig.stderr.contains("larger than the cluster range"), "\(tooBig.stderr)")
+        _ = try? sh(["rm", "-rf", "/tmp/\(lab.name)-dup", "/tmp/\(lab.name)-other", "/tmp/\(lab.name)-x", "/tmp/\(lab.name)-x.db"])
+        // What already ran is undisturbed.
+        #expect(try lab.run(["connectivity"]).status == 0)
+    }
+}
