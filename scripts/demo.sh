@@ -1,9 +1,20 @@
 #!/usr/bin/env bash
-# The main job: one emulated node (a network namespace) with pods wired by the real weft CNI
-# plugin binary; prints addresses and a ping matrix, then removes everything. Needs root.
+# The main job: a 3-node cluster on this machine (each node a network namespace on an emulated
+# host network, the embedded SQLite datastore, an agent and a runtime per node), pods on every
+# node from examples/pods.yaml, the pod-to-pod connectivity matrix with real packets, the routes
+# each node's agent programmed, then everything removed. Needs root. Extra arguments go to
+# `weft lab up` (e.g. --mode native, --mode underlay, --datastore etcd, --nodes 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 swift build -c release --static-swift-stdlib --product weft-cni >/dev/null
 swift build -c release --static-swift-stdlib --product weft >/dev/null
-exec .build/release/weft demo "$@"
+weft=.build/release/weft
+$weft lab down --name demo >/dev/null 2>&1 || true
+trap '$weft lab down --name demo' EXIT
+$weft lab up --name demo --nodes 3 "$@"
+$weft apply --lab demo -f examples/pods.yaml
+echo; $weft get pods -A -o wide --lab demo
+echo; $weft get nodes --lab demo
+echo; $weft connectivity --lab demo
+echo; $weft lab routes --lab demo
