@@ -62,8 +62,20 @@ public final class LinuxNode: NodeSystem {
         try DiskIPAMStore(dataDir: dataDir, network: network)
     }
 
+    /// The child inherits this process's environment (as the spec's delegation expects), with
+    /// `environment` on top.
     public func exec(_ path: String, environment: [String: String], stdin: [UInt8]) throws(SystemError) -> Subprocess.Output {
-        try Subprocess.run(path, environment: environment, stdin: stdin)
+        var env: [String: String] = [:]
+        var p = environ
+        while let entry = p.pointee {
+            let s = String(cString: entry)
+            if let eq = s.firstIndex(of: "=") { env[String(s[..<eq])] = String(s[s.index(after: eq)...]) }
+            p += 1
+        }
+        for (k, v) in environment { env[k] = v }
+        // Variables the caller left out on purpose (GC and STATUS carry no container) stay out.
+        for k in ["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"] where environment[k] == nil { env[k] = nil }
+        return try Subprocess.run(path, environment: env, stdin: stdin)
     }
 
     public func isExecutable(_ path: String) -> Bool { access(path, X_OK) == 0 }
