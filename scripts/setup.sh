@@ -9,6 +9,7 @@ packages=(
   iputils-ping                # the demo's and tests' pings
   containernetworking-plugins # the reference plugins (bridge, host-local, portmap, ...)
   iptables                    # used by the reference plugins (ipMasq, portmap, firewall)
+  etcd-server                 # etcd 3.4: the EtcdDatastore backend and its tests (throwaway etcds)
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -44,33 +44,41 @@ public final class NodeAgent: Service, @unchecked Sendable {
         self.config = config; self.store = store; self.net = net; self.logger = logger
     }
 
+    /// Runs until SIGTERM/SIGINT (graceful: the kernel state stays, so pods keep their
+    /// traffic across an agent restart) or until something it cannot recover from.
     public func run() async throws {
+        do {
+            try await cancelWhenGracefulShutdown { try await self.serve() }
+        } catch is CancellationError {
+            // Leave the kernel as it is: routes keep flows alive across an agent restart, and
+            // peers withdraw theirs when this node's lease runs out.
+            logger.info("shut down; routes stay until the lease expires", metadata: ["node": "\(config.nodeName)"])
+        }
+    }
+
+    func serve() async throws {
         let cluster = try await agreeOnClusterConfig()
         let hostIP = try config.hostIP ?? detectHostIP()
-        var vtepMAC: [UInt8]?
-        if cluster.mode == .vxlan { vtepMAC = try ensureVXLAN(cluster: cluster, hostIP: hostIP) }
+        let vtepMAC = cluster.mode == .vxlan ? try ensureVXLAN(cluster: cluster, hostIP: hostIP) : nil
 
         let lease = try await claimNodeName(hostIP: hostIP)
         let ranges = try await claimPodRanges(cluster: cluster)
+        // Renew once before the keepalive loop starts: claiming ranges on a busy datastore can
+        // take a good part of a short TTL.
+        try await store.keepAlive(lease: lease)
         let me = NodeInfo(name: config.nodeName, hostIP: hostIP, podCIDRs: ranges, vtepMAC: vtepMAC)
         try await publish(me)
         try prepareNode(cluster: cluster, ranges: ranges)
         try writeCNIConfig(cluster: cluster, ranges: ranges)
         logger.info("node registered", metadata: ["node": "\(config.nodeName)", "hostIP": "\(hostIP)", "podCIDRs": "\(ranges.map(\.description))", "mode": "\(cluster.mode.rawValue)"])
-
-        try await withGracefulShutdownHandler {
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await self.keepAlive(lease: lease) }
-                group.addTask { try await self.watch(prefix: Keys.nodes) }
-                group.addTask { try await self.watch(prefix: Keys.nodeLeases) }
-                group.addTask { try await self.reconcileLoop(mode: cluster.mode) }
-                try await group.next()
-                group.cancelAll()
-            }
-        } onGracefulShutdown: {
-            // Leave the kernel as it is: routes keep flows alive across an agent restart, and
-            // peers withdraw theirs when this node's lease runs out.
-            self.logger.info("shutting down; routes stay until the lease expires")
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await self.keepAlive(lease: lease, hostIP: hostIP) }
+            group.addTask { try await self.watch(prefix: Keys.nodes) }
+            group.addTask { try await self.watch(prefix: Keys.nodeLeases) }
+            group.addTask { try await self.resyncTicker() }
+            group.addTask { try await self.reconcileLoop(mode: cluster.mode) }
+            try await group.next()
+            group.cancelAll()
         }
     }
 
@@ -147,7 +155,10 @@ public final class NodeAgent: Service, @unchecked Sendable {
             }
             if let held { mine.append(held); continue }
             var claimed: IPNetwork?
-            for block in freeBlocks(of: cidr, prefix: cluster.blockPrefix(cidr.family), taken: taken) {
+            // An array, not the lazy sequence: nothing holding a UInt128 lives across the awaits
+            // below (Swift misaligns such values in async frames and crashes).
+            let candidates = Array(freeBlocks(of: cidr, prefix: cluster.blockPrefix(cidr.family), taken: taken).prefix(256))
+            for block in candidates {
                 let value = Array(JSONValue.object([("cidr", .string(block.description)), ("node", .string(config.nodeName))]).serialized().utf8)
                 do {
                     try await store.create(Keys.podRange(block), value: value)
@@ -254,15 +265,22 @@ public final class NodeAgent: Service, @unchecked Sendable {
 
     // MARK: loops
 
-    func keepAlive(lease: Int64) async throws {
+    /// Renews the node's lease at a third of its TTL. If the lease is gone anyway (the
+    /// datastore was out of reach for longer than the TTL, so peers already withdrew this
+    /// node's routes), register again under a new lease: peers add the routes back.
+    func keepAlive(lease initial: Int64, hostIP: IPAddress) async throws {
+        var lease = initial
         let period = max(Double(config.leaseTTL) / 3, 0.5)
         while !Task.isCancelled {
             try await Task.sleep(for: .milliseconds(Int(period * 1000)))
-            do { try await store.keepAlive(lease: lease) } catch {
-                logger.error("lease keepalive failed", metadata: ["error": "\(error)"])
-                if case DatastoreError.leaseNotFound = error {
-                    throw AgentError("this node's lease expired (the datastore was out of reach for longer than \(config.leaseTTL) s); restart the agent to register again")
+            do { try await store.keepAlive(lease: lease) } catch DatastoreError.leaseNotFound {
+                logger.warning("this node's lease expired (the datastore was out of reach for longer than the TTL); registering again",
+                               metadata: ["node": "\(config.nodeName)", "ttlSeconds": "\(config.leaseTTL)"])
+                do { lease = try await claimNodeName(hostIP: hostIP) } catch let e as AgentError { throw e } catch {
+                    logger.error("registering again failed; retrying", metadata: ["error": "\(error)"])
                 }
+            } catch is CancellationError { return } catch {
+                logger.error("lease keepalive failed; retrying", metadata: ["error": "\(error)"])
             }
         }
     }
@@ -283,36 +301,45 @@ public final class NodeAgent: Service, @unchecked Sendable {
         }
     }
 
-    /// Reconciles on every change (coalesced) and at least every `resyncSeconds` (drift repair).
+    /// Wakes the reconcile loop every `resyncSeconds` even when nothing changed, so drift
+    /// (a route someone deleted by hand) is repaired.
+    func resyncTicker() async throws {
+        while !Task.isCancelled {
+            try await Task.sleep(for: .milliseconds(Int(config.resyncSeconds * 1000)))
+            await state.poke()
+        }
+    }
+
+    /// Reconciles when the cluster view changes (bursts coalesce into one pass) and on every
+    /// resync tick; sleeps otherwise.
     func reconcileLoop(mode: RoutingMode) async throws {
         let reconciler = RouteReconciler(net: net)
-        var lastVersion = -1
-        var sinceFull = 0.0
-        let tick = 0.02
-        while !Task.isCancelled {
-            let (version, nodes) = await state.snapshot()
-            if version != lastVersion || sinceFull >= config.resyncSeconds {
-                let want = desiredRouting(me: config.nodeName, nodes: nodes, mode: mode, uplink: config.uplink)
-                do {
-                    let report = try reconciler.reconcile(want)
-                    if !report.isEmpty { logger.info("routes reconciled", metadata: ["added": "\(report.added)", "removed": "\(report.removed)", "peers": "\(nodes.count - 1)"]) }
-                    lastVersion = version
-                } catch {
-                    logger.error("reconcile failed", metadata: ["error": "\(error)"])
-                }
-                sinceFull = 0
+        for await _ in state.changes {
+            let nodes = await state.liveNodes()
+            let want = desiredRouting(me: config.nodeName, nodes: nodes, mode: mode, uplink: config.uplink)
+            do {
+                let report = try reconciler.reconcile(want)
+                if !report.isEmpty { logger.info("routes reconciled", metadata: ["added": "\(report.added)", "removed": "\(report.removed)", "peers": "\(nodes.count - 1)"]) }
+            } catch {
+                logger.error("reconcile failed; retrying at the next change or resync", metadata: ["error": "\(error)"])
             }
-            try await Task.sleep(for: .milliseconds(Int(tick * 1000)))
-            sinceFull += tick
         }
     }
 }
 
-/// The agent's view of the cluster: nodes and which of them hold a live lease.
+/// The agent's view of the cluster: nodes and which of them hold a live lease. Every change
+/// wakes `changes` (at most one wake-up is buffered, so bursts coalesce).
 actor PeerState {
     private var nodes: [String: NodeInfo] = [:]
     private var live: Set<String> = []
-    private var version = 0
+    nonisolated let changes: AsyncStream<Void>
+    private let wake: AsyncStream<Void>.Continuation
+
+    init() {
+        let (stream, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        changes = stream
+        wake = continuation
+    }
 
     func replace(prefix: String, _ items: [KeyValue]) {
         if prefix == Keys.nodes {
@@ -321,7 +348,7 @@ actor PeerState {
         } else {
             live = Set(items.map { String($0.key.dropFirst(prefix.count)) })
         }
-        version += 1
+        wake.yield()
     }
 
     func apply(prefix: String, _ e: WatchEvent) {
@@ -332,11 +359,13 @@ actor PeerState {
         } else {
             if e.kind == .delete { live.remove(name) } else { live.insert(name) }
         }
-        version += 1
+        wake.yield()
     }
 
+    func poke() { wake.yield() }
+
     /// Live nodes only: a node whose lease expired has its routes withdrawn everywhere.
-    func snapshot() -> (Int, [NodeInfo]) {
-        (version, nodes.values.filter { live.contains($0.name) }.sorted { $0.name < $1.name })
+    func liveNodes() -> [NodeInfo] {
+        nodes.values.filter { live.contains($0.name) }.sorted { $0.name < $1.name }
     }
 }

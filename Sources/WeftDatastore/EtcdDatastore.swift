@@ -22,7 +22,7 @@ public final class EtcdDatastore: Datastore, Sendable {
     let watchProbeInterval: Duration?
     let listPageSize: Int
     let watches = EtcdLocked(WatchRegistry())
-    /// Every watch connection made: which endpoint, from which revision (tests look at this).
+    /// The last 64 watch connections made: which endpoint, from which revision (for tests).
     let watchConnections = EtcdLocked([WatchConnectionRecord]())
 
     struct WatchRegistry {
@@ -42,8 +42,9 @@ public final class EtcdDatastore: Datastore, Sendable {
     ///   - connectTimeout: bound on opening a TCP connection (capped at `requestTimeout`).
     ///   - watchReconnectTimeout: how long a watch that lost its connection keeps trying the
     ///     endpoints before its stream finishes with `.unavailable`.
-    ///   - watchProbeInterval: how often a quiet watch checks that its endpoint still answers
-    ///     (a hung member keeps its TCP connection open); nil disables the probe.
+    ///   - watchProbeInterval: how often a watch checks that its endpoint still answers (a hung
+    ///     member keeps its TCP connection open); two failed checks in a row move the watch to
+    ///     the next endpoint. nil disables the probe.
     ///   - listPageSize: `list` reads this many keys per request (at one pinned revision).
     ///   - maxConnectionsPerEndpoint: each running watch holds one connection.
     public init(endpoints: [String],
@@ -164,7 +165,13 @@ public final class EtcdDatastore: Datastore, Sendable {
     }
 
     public func keepAlive(lease: Int64) async throws {
-        let data = try await transport.post("/v3/lease/keepalive", ["ID": String(lease)])
+        let data: Data
+        do {
+            data = try await transport.post("/v3/lease/keepalive", ["ID": String(lease)])
+        } catch let error as EtcdAPIError {
+            if error.isLeaseNotFound { throw DatastoreError.leaseNotFound(lease) }
+            throw DatastoreError.unavailable(error.description)
+        }
         // A streaming endpoint: one {"result": ...} object per line.
         let line = data.split(separator: UInt8(ascii: "\n")).first { !$0.allSatisfy { $0 == 32 || $0 == 13 } }
         let parsed = try decode(EtcdLeaseKeepAliveLine.self, line.map { Data($0) } ?? Data(), "/v3/lease/keepalive")

@@ -132,7 +132,7 @@ final class EtcdTransport: Sendable {
             } catch {
                 if Task.isCancelled { throw CancellationError() }
                 if shutDown { throw DatastoreError.unavailable("the etcd datastore was shut down") }
-                failures.append("\(endpoint): \(Self.describe(error))")
+                failures.append("\(endpoint): \(describe(error))")
                 markFailed(index)
             }
         }
@@ -183,15 +183,20 @@ final class EtcdTransport: Sendable {
         return EtcdAPIError(endpoint: endpoint, httpStatus: status, code: 0, message: "HTTP \(status): \(text)")
     }
 
-    static func describe(_ error: any Error) -> String {
+    /// A short reason for a failed attempt, e.g. "connection refused", "no answer within 5 seconds".
+    func describe(_ error: any Error) -> String {
         if let e = error as? HTTPClientError {
             switch e {
             case .connectTimeout: return "connect timed out"
-            case .deadlineExceeded: return "timed out"
+            case .deadlineExceeded: return "no answer within \(requestTimeout)"
             case .remoteConnectionClosed: return "connection closed"
             default: return "\(e)"
             }
         }
+        if let e = error as? IOError {
+            return String(cString: strerror(e.errnoCode)).lowercased()
+        }
+        if error is EtcdTimeoutError { return "no answer within \(requestTimeout)" }
         return "\(error)"
     }
 }
@@ -259,9 +264,9 @@ struct EtcdBytes: Decodable, Sendable {
     }
 }
 
+/// Only the revision: cluster_id, member_id and raft_term are uint64 (beyond Int64).
 struct EtcdHeader: Decodable, Sendable {
     var revision: EtcdInt?
-    var member_id: EtcdInt?
 }
 
 struct EtcdKV: Decodable, Sendable {

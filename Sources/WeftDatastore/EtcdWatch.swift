@@ -35,7 +35,7 @@ extension EtcdDatastore {
 
     enum WatchOutcome: Sendable {
         case compacted(requested: Int64, compactRevision: Int64)
-        /// The connection failed or etcd ended the watch; `connected` when etcd had confirmed it.
+        /// The connection failed, stopped answering, or etcd ended the watch: reconnect.
         case failed(String)
         /// Cancelled (the consumer went away or the datastore shut down).
         case stopped
@@ -58,7 +58,7 @@ extension EtcdDatastore {
         let progress = EtcdLocked(WatchProgress(lastDelivered: afterRevision))
         var index = transport.preferredIndex
         var failingSince: ContinuousClock.Instant?
-        var failures: [String] = []
+        var lastFailure: [String: String] = [:]  // endpoint -> why its last attempt failed
         var triesThisRound = 0
         var backoff = Duration.milliseconds(50)
 
@@ -73,6 +73,7 @@ extension EtcdDatastore {
             }
             let endpoint = endpoints[index]
             progress.withLock { $0.connected = false }
+            let connectedAt = ContinuousClock.now
             let outcome = await watchConnection(endpoint: endpoint, key: key, rangeEnd: rangeEnd,
                                                 progress: progress, continuation: continuation)
             switch outcome {
@@ -88,25 +89,26 @@ extension EtcdDatastore {
                 }
                 return
             case .failed(let reason):
-                if progress.withLock({ $0.connected }) {
-                    // It worked, then broke (typically the member died): start a fresh round.
+                transport.markFailed(index)
+                if progress.withLock({ $0.connected }) && ContinuousClock.now - connectedAt >= .seconds(1) {
+                    // It worked for a while, then broke (typically the member died): start a
+                    // fresh round. (A connection that breaks at once counts as a failure, so
+                    // a member that accepts and drops watches cannot make us spin.)
                     failingSince = nil
-                    failures = []
+                    lastFailure = [:]
                     triesThisRound = 0
                     backoff = .milliseconds(50)
-                } else {
-                    transport.markFailed(index)
                 }
-                failures.append("\(endpoint): \(reason)")
-                if failures.count > 2 * endpoints.count { failures.removeFirst() }
+                lastFailure[endpoint] = reason
                 index = (index + 1) % endpoints.count
                 let now = ContinuousClock.now
                 if let since = failingSince {
                     if now - since >= watchReconnectTimeout {
+                        let reasons = endpoints.compactMap { e in lastFailure[e].map { "\(e): \($0)" } }
                         continuation.finish(throwing: DatastoreError.unavailable(
-                            "watch of \"\(prefix)\" lost its connection and no etcd endpoint took it back within "
-                                + "\(watchReconnectTimeout) [\(endpoints.joined(separator: ", "))]: "
-                                + failures.joined(separator: "; ")))
+                            "watch of \"\(prefix)\" from revision \(progress.withLock { $0.lastDelivered } + 1): "
+                                + "no etcd endpoint answered for \(watchReconnectTimeout) "
+                                + "[\(endpoints.joined(separator: ", "))]: \(reasons.joined(separator: "; "))"))
                         return
                     }
                 } else {
@@ -148,7 +150,10 @@ extension EtcdDatastore {
                            progress: EtcdLocked<WatchProgress>,
                            continuation: AsyncThrowingStream<WatchEvent, Error>.Continuation) async -> WatchOutcome {
         let start = progress.withLock { $0.lastDelivered } + 1
-        watchConnections.withLock { $0.append(WatchConnectionRecord(endpoint: endpoint, startRevision: start)) }
+        watchConnections.withLock {
+            $0.append(WatchConnectionRecord(endpoint: endpoint, startRevision: start))
+            if $0.count > 64 { $0.removeFirst() }
+        }
         let body: [String: Any] = ["create_request": [
             "key": EtcdCodec.b64(key), "range_end": EtcdCodec.b64(rangeEnd),
             "start_revision": String(start), "prev_kv": true,
@@ -165,7 +170,7 @@ extension EtcdDatastore {
         do {
             response = try await transport.client.execute(request, deadline: .now() + .etcd(transport.requestTimeout))
         } catch {
-            return Task.isCancelled ? .stopped : .failed(EtcdTransport.describe(error))
+            return Task.isCancelled ? .stopped : .failed(transport.describe(error))
         }
         guard response.status.code == 200 else {
             let data = (try? await response.body.collect(upTo: 1 << 20)).map { Data($0.readableBytesView) } ?? Data()
@@ -204,7 +209,7 @@ extension EtcdDatastore {
                 }
             }
         } catch {
-            return Task.isCancelled ? .stopped : .failed(EtcdTransport.describe(error))
+            return Task.isCancelled ? .stopped : .failed(transport.describe(error))
         }
         return Task.isCancelled ? .stopped : .failed("etcd closed the watch stream")
     }
@@ -221,7 +226,7 @@ extension EtcdDatastore {
                 if failedOnce { return .failed("health probe: HTTP \(status)") }
             } catch {
                 if Task.isCancelled { return nil }
-                if failedOnce { return .failed("health probe: \(EtcdTransport.describe(error))") }
+                if failedOnce { return .failed("health probe: \(transport.describe(error))") }
             }
             failedOnce = true
         }

@@ -226,7 +226,7 @@ public final class SQLiteDatastore: Datastore, Sendable {
                     let seen = last
                     let (events, next) = try await self.read { db -> ([WatchEvent], Int64) in
                         let compacted = try Self.compactRevision(db)
-                        if seen + 1 < compacted {
+                        if seen < compacted - 1 {
                             throw DatastoreError.compacted(requested: afterRevision, compactRevision: compacted)
                         }
                         let rows = try Row.fetchAll(db, sql: """

@@ -6,7 +6,12 @@ import Yams
 public enum Manifests {
     public static func parse(_ text: String, source: String) throws(ManifestError) -> [KubeObject] {
         let docs: [Any?]
-        do { docs = Array(try Yams.load_all(yaml: text)) } catch {
+        do {
+            // load_all's sequence stops silently at a syntax error; the parser reports it.
+            let parser = try Parser(yaml: text)
+            while try parser.nextRoot() != nil {}
+            docs = Array(try Yams.load_all(yaml: text))
+        } catch {
             throw ManifestError("\(source): not valid YAML: \(error)")
         }
         var out: [KubeObject] = []

@@ -39,21 +39,24 @@ public final class NodeRuntime: Service, @unchecked Sendable {
 
     public func run() async throws {
         try Files.makeDirectories(config.cacheDir)
-        try await withGracefulShutdownHandler {
-            while !Task.isCancelled {
-                do {
-                    let (items, rev) = try await store.list(prefix: Keys.pods)
-                    try await sync(items)
-                    for try await _ in store.watch(prefix: Keys.pods, afterRevision: rev) {
-                        let (now, _) = try await store.list(prefix: Keys.pods)
-                        try await sync(now)
-                    }
-                } catch is CancellationError { return } catch {
-                    logger.warning("pod watch interrupted; relisting", metadata: ["error": "\(error)"])
-                    try await Task.sleep(for: .milliseconds(300))
+        // SIGTERM stops watching at once; wired pods stay as they are.
+        try await cancelWhenGracefulShutdown { try await self.watchPods() }
+    }
+
+    func watchPods() async throws {
+        while !Task.isCancelled {
+            do {
+                let (items, rev) = try await store.list(prefix: Keys.pods)
+                try await sync(items)
+                for try await _ in store.watch(prefix: Keys.pods, afterRevision: rev) {
+                    let (now, _) = try await store.list(prefix: Keys.pods)
+                    try await sync(now)
                 }
+            } catch is CancellationError { return } catch {
+                logger.warning("pod watch interrupted; relisting", metadata: ["error": "\(error)"])
+                try? await Task.sleep(for: .milliseconds(300))
             }
-        } onGracefulShutdown: {}
+        }
     }
 
     /// Level-based: wire every pod bound here that is not wired, unwire every wired pod gone.

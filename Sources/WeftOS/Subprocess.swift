@@ -15,7 +15,10 @@ public enum Subprocess {
         }
     }
 
-    public static func run(_ path: String, arguments: [String] = [], environment: [String: String], stdin: [UInt8]) throws(SystemError) -> Output {
+    /// - timeout: if the program has not finished by then, it is killed (SIGKILL) and its exit
+    ///   status reads as 128+9; what it wrote so far is returned. nil waits for ever.
+    public static func run(_ path: String, arguments: [String] = [], environment: [String: String], stdin: [UInt8],
+                           timeout: Duration? = nil) throws(SystemError) -> Output {
         var inPipe: [Int32] = [0, 0], outPipe: [Int32] = [0, 0], errPipe: [Int32] = [0, 0]
         guard weft_pipe2_cloexec(&inPipe) == 0, weft_pipe2_cloexec(&outPipe) == 0, weft_pipe2_cloexec(&errPipe) == 0 else {
             throw SystemError("pipe")
@@ -48,8 +51,21 @@ public enum Subprocess {
                    pollfd(fd: errPipe[0], events: Int16(POLLIN), revents: 0)]
         if pending.isEmpty { close(inPipe[1]); fds[0].fd = -1 }
         var buf = [UInt8](repeating: 0, count: 16384)
+        let deadline = timeout.map { ContinuousClock.now + $0 }
         while fds[1].fd >= 0 || fds[2].fd >= 0 {
-            if retrying({ Int32(poll(&fds, nfds_t(fds.count), -1)) }) < 0 { break }
+            var waitMs: Int32 = -1
+            if let deadline {
+                let left = deadline - ContinuousClock.now
+                if left <= .zero {
+                    // Killed; a grandchild may still hold the pipes, so stop reading too.
+                    kill(pid, SIGKILL)
+                    for k in 0...2 where fds[k].fd >= 0 { close(fds[k].fd); fds[k].fd = -1 }
+                    break
+                }
+                let (s, atto) = left.components
+                waitMs = Int32(min(s * 1000 + atto / 1_000_000_000_000_000 + 1, 60_000))
+            }
+            if retrying({ Int32(poll(&fds, nfds_t(fds.count), waitMs)) }) < 0 { break }
             if fds[0].fd >= 0 && fds[0].revents != 0 {
                 let n = pending.withUnsafeBytes { write(inPipe[1], $0.baseAddress, $0.count) }
                 if n > 0 { pending = pending.dropFirst(n) }
@@ -64,7 +80,7 @@ public enum Subprocess {
                 }
             }
         }
-        if fds[0].fd >= 0 { close(inPipe[1]) }
+        if fds[0].fd >= 0 { close(fds[0].fd) }
         var status: Int32 = 0
         _ = retrying { waitpid(pid, &status, 0) }
         let exit = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)

@@ -169,7 +169,7 @@ public final class MemoryDatastore: Datastore, Sendable {
         // Replay and registration happen under one lock hold, so no write falls in between.
         let registered: Result<Int, DatastoreError> = state.withLock { s in
             Self.expire(&s, now: t)
-            if afterRevision + 1 < s.compactRevision {
+            if afterRevision < s.compactRevision - 1 {
                 return .failure(.compacted(requested: afterRevision, compactRevision: s.compactRevision))
             }
             for event in s.history where event.kv.modRevision > afterRevision && event.kv.key.utf8.starts(with: p) {

@@ -14,7 +14,7 @@
 // or `try await DatastoreConformance.runAll(make: ..., compact: ...)` in one test, or a single
 // case such as `try await DatastoreConformance.leaseExpiry(ctx)`.
 //
-// `make` is called once per case (more for none); cases may share one store: every case writes
+// `make` is called once per case; cases may also share one store: every case writes
 // only under its own random namespace ("/conformance-<random>/"), and assumes nothing about
 // absolute revision numbers, so a shared etcd server with other traffic is fine.
 // `compact(store, r)` must make revisions below `r` unwatchable (etcd's compact at `r`); pass
@@ -290,11 +290,12 @@ enum DatastoreConformance {
         let start = try await ds.list(prefix: ctx.ns).revision
         let watch = EventCollector(ds.watch(prefix: ctx.ns, afterRevision: start))
         defer { watch.stop() }
-        let lease = try await ds.grantLease(ttlSeconds: 1)
+        // TTLs here are seconds, not one: a loaded machine can stall a task for over a second.
+        let lease = try await ds.grantLease(ttlSeconds: 3)
         try await ds.create(ctx.ns + "keep", value: b("k"))
         try await ds.create(ctx.ns + "leased1", value: b("l1"), lease: lease)
         try await ds.create(ctx.ns + "leased2", value: b("l2"), lease: lease)
-        let events = try await watch.waitUntil(timeout: 10) { events in
+        let events = try await watch.waitUntil(timeout: 30) { events in
             Set(events.filter { $0.kind == .delete }.map(\.kv.key)) == [ctx.ns + "leased1", ctx.ns + "leased2"]
         }
         let deletes = events.filter { $0.kind == .delete }
@@ -308,11 +309,11 @@ enum DatastoreConformance {
 
     static func keepAliveExtends(_ ctx: Context) async throws {
         let ds = try await ctx.make()
-        let lease = try await ds.grantLease(ttlSeconds: 3)
+        let lease = try await ds.grantLease(ttlSeconds: 6)
         try await ds.create(ctx.ns + "leased", value: b("v"), lease: lease)
-        // 4 s in all, longer than the TTL, with a keepAlive every second.
+        // 8 s in all, longer than the TTL, with a keepAlive every 2 s (room for a stalled task).
         for _ in 0..<4 {
-            try await Task.sleep(nanoseconds: 1_000_000_000)
+            try await Task.sleep(nanoseconds: 2_000_000_000)
             try await ds.keepAlive(lease: lease)
         }
         #expect(try await ds.get(ctx.ns + "leased")?.lease == lease)
@@ -322,9 +323,9 @@ enum DatastoreConformance {
 
     static func keepAliveAfterExpiry(_ ctx: Context) async throws {
         let ds = try await ctx.make()
-        let lease = try await ds.grantLease(ttlSeconds: 1)
+        let lease = try await ds.grantLease(ttlSeconds: 3)
         try await ds.create(ctx.ns + "leased", value: b("v"), lease: lease)
-        try await waitUntil(timeout: 10) { try await ds.get(ctx.ns + "leased") == nil }
+        try await waitUntil(timeout: 30) { try await ds.get(ctx.ns + "leased") == nil }
         await expectError(.leaseNotFound(lease)) { try await ds.keepAlive(lease: lease) }
         await expectError(.leaseNotFound(lease)) { try await ds.revokeLease(lease) }
         await expectError(.leaseNotFound(lease)) { try await ds.create(ctx.ns + "again", value: [], lease: lease) }

@@ -93,7 +93,7 @@ private func withTemporaryDirectory<T>(_ body: (String) async throws -> T) async
         try await withTemporaryDirectory { dir in
             let path = dir + "/lease.db"
             let owner = try SQLiteDatastore(path: path)
-            let lease = try await owner.grantLease(ttlSeconds: 1)
+            let lease = try await owner.grantLease(ttlSeconds: 3)
             try await owner.create("/nodes/dying", value: [1], lease: lease)
             try await owner.create("/nodes/staying", value: [2])
             let start = try await owner.currentRevision()
@@ -101,7 +101,7 @@ private func withTemporaryDirectory<T>(_ body: (String) async throws -> T) async
             let other = try SQLiteDatastore(path: path)
             let watch = Collector(other.watch(prefix: "/nodes/", afterRevision: start))
             defer { watch.stop() }
-            let events = try await watch.waitUntil(timeout: 10) { !$0.isEmpty }
+            let events = try await watch.waitUntil(timeout: 30) { !$0.isEmpty }
             #expect(events.map(Conformance.summary) == ["delete /nodes/dying"])
             #expect(events.first?.kv.value == [1])
             #expect(events.first?.kv.lease == lease)
@@ -251,6 +251,9 @@ private func withTemporaryDirectory<T>(_ body: (String) async throws -> T) async
             try Array(repeating: "this is not a database\n", count: 200).joined()
                 .write(toFile: garbage, atomically: false, encoding: .utf8)
             expectUnavailable(path: garbage, mentioning: "not a usable SQLite database")
+
+            // A directory that exists but where nobody (not even root) can create files.
+            expectUnavailable(path: "/proc/weft-datastore-test.db", mentioning: "check that this user can read and write")
         }
     }
 

@@ -113,10 +113,23 @@ struct MultiNodeTests {
         restart.standardOutput = FileHandle.nullDevice
         restart.standardError = FileHandle.nullDevice
         try restart.run()
-        defer { restart.terminate(); restart.waitUntilExit() }
+        defer {
+            // SIGTERM is the agent's graceful stop; it must exit on it (checked below).
+            restart.terminate()
+            var waited = 0
+            while restart.isRunning && waited < 100 { usleep(100_000); waited += 1 }
+            if restart.isRunning { kill(restart.processIdentifier, SIGKILL); restart.waitUntilExit() }
+        }
         var back = false
         for _ in 0..<80 where !back { back = try routes(on: 0).contains(node2Range); if !back { usleep(100_000) } }
         #expect(back, "route to \(node2Range) back after the restart, same range")
+
+        // A graceful stop (SIGTERM) ends the agent promptly and leaves its routes in place.
+        restart.terminate()
+        var stopped = false
+        for _ in 0..<100 where !stopped { stopped = !restart.isRunning; if !stopped { usleep(100_000) } }
+        #expect(stopped, "the agent exits on SIGTERM")
+        #expect(try routes(on: 0).contains(node2Range), "peers keep the route until the lease runs out")
     }
 
     @Test("bad input: invalid manifests, unknown nodes, a second agent under a taken name, ranges that do not fit")

@@ -28,12 +28,14 @@ struct CommandResult {
     var json: JSONValue? { try? JSONValue.parse(stdout) }
 }
 
+/// Runs a command; one that has not finished within `timeout` is killed, so a hung command
+/// fails its test instead of hanging the run.
 @discardableResult
-func sh(_ args: [String], stdin: String = "", env: [String: String] = [:]) throws -> CommandResult {
+func sh(_ args: [String], stdin: String = "", env: [String: String] = [:], timeout: Duration = .seconds(180)) throws -> CommandResult {
     var environment: [String: String] = ["PATH": "/usr/sbin:/usr/bin:/sbin:/bin"]
     for (k, v) in env { environment[k] = v }
     let out = try Subprocess.run(args[0].hasPrefix("/") ? args[0] : "/usr/bin/env", arguments: args[0].hasPrefix("/") ? Array(args.dropFirst()) : args,
-                                 environment: environment, stdin: Array(stdin.utf8))
+                                 environment: environment, stdin: Array(stdin.utf8), timeout: timeout)
     return CommandResult(status: out.status, stdout: String(decoding: out.stdout, as: UTF8.self), stderr: String(decoding: out.stderr, as: UTF8.self))
 }
 
