@@ -29,12 +29,12 @@ let package = Package(
     ],
     targets: [
         .target(name: "WeftCore"),
-        // libnftables: the official nftables library (what `nft` itself uses); rtnetlink is
-        // written in Swift in WeftOS/Netlink because its surface is small and stable.
-        .systemLibrary(name: "CNFTables", pkgConfig: "libnftables", providers: [.apt(["libnftables-dev"])]),
+        // Kernel headers (netlink, nf_tables) and a few libc shims. rtnetlink is written in
+        // Swift in WeftOS/Netlink because its surface is small and stable; nftables scripts go
+        // through libnftables (what `nft` itself uses), loaded at run time by WeftOS.
         .target(name: "CWeftLinux"),
         .target(name: "WeftOS", dependencies: [
-            "WeftCore", "CNFTables", "CWeftLinux",
+            "WeftCore", "CWeftLinux",
         ]),
         .target(name: "WeftOSFakes", dependencies: ["WeftCore", "WeftOS"]),
         .target(name: "WeftCNI", dependencies: ["WeftCore", "WeftOS"]),

@@ -4,8 +4,7 @@
 set -euo pipefail
 packages=(
   iproute2                    # ip netns, used by the lab and the tests to make namespaces
-  nftables libnftables-dev    # masquerade rules; libnftables is linked by WeftOS
-  pkg-config                  # lets SwiftPM find libnftables
+  nftables                    # masquerade rules; brings libnftables1, which WeftOS loads
   iputils-ping                # the demo's and tests' pings
   containernetworking-plugins # the reference plugins (bridge, host-local, portmap, ...)
   iptables                    # used by the reference plugins (ipMasq, portmap, firewall)

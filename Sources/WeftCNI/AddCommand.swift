@@ -32,8 +32,15 @@ struct AddCommand {
                 // delegated IPAM) would SNAT them to the gateway and route them via the node.
                 var keep = config.noMasqueradeDestinations
                 keep += podRanges.filter { r in !keep.contains { $0.prefixLength <= r.prefixLength && $0.contains(r.address) } }
-                let script = Masquerade.ensureScript(network: config.name, podRanges: podRanges, clusterRanges: keep)
-                try kernel("set up masquerade in nftables table inet \(Masquerade.table)") { try node.nftables().run(script) }
+                // Every pod of a node has the same ranges, so the chain is nearly always right
+                // already: read it (cheap) and write only when it differs (a transaction is not).
+                let want = Masquerade.ruleComments(network: config.name, podRanges: podRanges, clusterRanges: keep)
+                try kernel("set up masquerade in nftables table inet \(Masquerade.table)") {
+                    let nft = try node.nftables()
+                    if try nft.ruleComments(table: Masquerade.table, chain: Masquerade.chain(network: config.name)) != want {
+                        try nft.run(Masquerade.ensureScript(network: config.name, podRanges: podRanges, clusterRanges: keep))
+                    }
+                }
             }
             return result
         } catch {

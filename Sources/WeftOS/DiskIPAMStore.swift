@@ -96,9 +96,18 @@ public final class DiskIPAMStore: IPAMStore {
         return IPAddress(text.filter { !$0.isWhitespace })
     }
 
+    /// Overwritten in place, not replaced by rename: it is only a hint for where round-robin
+    /// resumes, read under the same lock, and a torn write reads as no hint (start from the
+    /// range's beginning), never as a wrong claim. Saves a file creation per ADD.
     public func setLastReserved(_ address: IPAddress, rangeSet: Int) throws(CNIError) {
-        do { try Files.writeAtomically(directory + "/last_reserved_ip.\(rangeSet)", Array(address.description.utf8)) } catch {
-            throw .ioFailure("cannot record last reserved address: \(error)")
+        let path = directory + "/last_reserved_ip.\(rangeSet)"
+        let fd = retrying { open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0o644) }
+        guard fd >= 0 else { throw .ioFailure("cannot record last reserved address in \(path): \(SystemError("open"))") }
+        defer { close(fd) }
+        let bytes = Array(address.description.utf8)
+        let n = bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
+        guard n == bytes.count, ftruncate(fd, off_t(bytes.count)) == 0 else {
+            throw .ioFailure("cannot record last reserved address in \(path): \(SystemError("write"))")
         }
     }
 }

@@ -1,11 +1,17 @@
-import CNFTables
+import CWeftLinux
+#if canImport(Glibc)
+import Glibc
+#endif
 
-/// Runs nftables scripts through libnftables in the calling thread's network namespace.
-/// A script is one transaction: the kernel applies all of it or none.
+/// Runs nftables scripts in the calling thread's network namespace, and reads back what a
+/// chain holds. A script is one transaction: the kernel applies all of it or none.
 public protocol NFTablesRunner: AnyObject {
     func run(_ script: String) throws(NFTablesError)
     /// The ruleset listing of one table, or nil when the table does not exist.
     func list(table: String, family: String) throws(NFTablesError) -> String?
+    /// The comment of every rule in an `inet` chain, in order; empty when the chain or its
+    /// table does not exist. Cheap: lets a caller skip a transaction that would change nothing.
+    func ruleComments(table: String, chain: String) throws(NFTablesError) -> [String]
 }
 
 public struct NFTablesError: Error, Sendable, CustomStringConvertible {
@@ -14,34 +20,112 @@ public struct NFTablesError: Error, Sendable, CustomStringConvertible {
     public var description: String { message }
 }
 
+/// Scripts go through libnftables, the library `nft` itself is built on, loaded with dlopen on
+/// first use: most CNI calls only read the rules (over raw netlink, below) and never pay for
+/// loading it and its dependencies. Reads use an NETLINK_NETFILTER socket opened in the
+/// namespace of the thread that makes the first read.
 public final class LibNFTables: NFTablesRunner {
-    private let ctx: OpaquePointer
+    private var ctx: OpaquePointer?
+    private var socket: NetlinkSocket?
 
-    public init() throws(NFTablesError) {
-        guard let c = nft_ctx_new(UInt32(NFT_CTX_DEFAULT)) else { throw NFTablesError(message: "cannot create an nftables context") }
+    public init() {}
+
+    deinit { if let ctx { LibNFTablesSymbols.shared?.ctxFree(ctx) } }
+
+    private func context() throws(NFTablesError) -> (OpaquePointer, LibNFTablesSymbols) {
+        guard let lib = LibNFTablesSymbols.shared else {
+            throw NFTablesError(message: "cannot load libnftables (\(LibNFTablesSymbols.loadError)); install Debian's libnftables1 (it comes with the nftables package)")
+        }
+        if let ctx { return (ctx, lib) }
+        guard let c = lib.ctxNew(0) else { throw NFTablesError(message: "cannot create an nftables context") }
+        _ = lib.bufferOutput(c)
+        _ = lib.bufferError(c)
         ctx = c
-        nft_ctx_buffer_output(ctx)
-        nft_ctx_buffer_error(ctx)
+        return (c, lib)
     }
 
-    deinit { nft_ctx_free(ctx) }
-
     public func run(_ script: String) throws(NFTablesError) {
-        let rc = nft_run_cmd_from_buffer(ctx, script)
+        let (ctx, lib) = try context()
+        let rc = lib.runCommand(ctx, script)
         if rc != 0 {
-            let err = nft_ctx_get_error_buffer(ctx).map { String(cString: $0) } ?? ""
+            let err = lib.errorBuffer(ctx).map { String(cString: $0) } ?? ""
             throw NFTablesError(message: err.isEmpty ? "nftables transaction failed" : err.trimmingTrailingNewlines())
         }
     }
 
     public func list(table: String, family: String) throws(NFTablesError) -> String? {
-        let rc = nft_run_cmd_from_buffer(ctx, "list table \(family) \(table)")
+        let (ctx, lib) = try context()
+        let rc = lib.runCommand(ctx, "list table \(family) \(table)")
         if rc != 0 {
-            let err = nft_ctx_get_error_buffer(ctx).map { String(cString: $0) } ?? ""
+            let err = lib.errorBuffer(ctx).map { String(cString: $0) } ?? ""
             if err.contains("No such file or directory") { return nil }
             throw NFTablesError(message: err.trimmingTrailingNewlines())
         }
-        return nft_ctx_get_output_buffer(ctx).map { String(cString: $0) } ?? ""
+        return lib.outputBuffer(ctx).map { String(cString: $0) } ?? ""
+    }
+
+    public func ruleComments(table: String, chain: String) throws(NFTablesError) -> [String] {
+        do {
+            if socket == nil { socket = try NetlinkSocket(protocol: NETLINK_NETFILTER) }
+            var req = NetlinkRequest(type: (k(NFNL_SUBSYS_NFTABLES) << 8) | k(NFT_MSG_GETRULE), flags: NLM_F_DUMP)
+            req.append(UInt8(NFPROTO_INET))   // nfgenmsg: family, version, res_id
+            req.append(UInt8(NFNETLINK_V0))
+            req.append(UInt16(0))
+            req.attr(k(NFTA_RULE_TABLE), string: table)
+            req.attr(k(NFTA_RULE_CHAIN), string: chain)
+            let replies = try socket!.exchange(req) { "list the rules of chain inet \(table) \(chain)" }
+            return replies.map { msg in
+                let attrs = NetlinkAttributes(bytes: msg.payload.dropFirst(4))
+                return attrs[k(NFTA_RULE_USERDATA)].flatMap(Self.comment(inUserData:)) ?? ""
+            }
+        } catch {
+            if error.isNotFound { return [] }
+            throw NFTablesError(message: "\(error)")
+        }
+    }
+
+    /// libnftnl's rule user data: (type u8, length u8, value) records; type 0 is the comment,
+    /// a NUL-terminated string.
+    static func comment(inUserData data: ArraySlice<UInt8>) -> String? {
+        var i = data.startIndex
+        while i + 2 <= data.endIndex {
+            let type = data[i], len = Int(data[i + 1])
+            guard i + 2 + len <= data.endIndex else { return nil }
+            if type == 0 { return String(decoding: data[(i + 2)..<(i + 2 + len)].prefix { $0 != 0 }, as: UTF8.self) }
+            i += 2 + len
+        }
+        return nil
+    }
+}
+
+/// The few libnftables entry points weft calls, resolved once per process.
+struct LibNFTablesSymbols: @unchecked Sendable {
+    typealias CtxNew = @convention(c) (UInt32) -> OpaquePointer?
+    typealias CtxFree = @convention(c) (OpaquePointer) -> Void
+    typealias Buffer = @convention(c) (OpaquePointer) -> Int32
+    typealias Run = @convention(c) (OpaquePointer, UnsafePointer<CChar>) -> Int32
+    typealias Get = @convention(c) (OpaquePointer) -> UnsafePointer<CChar>?
+
+    let ctxNew: CtxNew, ctxFree: CtxFree, bufferOutput: Buffer, bufferError: Buffer
+    let runCommand: Run, errorBuffer: Get, outputBuffer: Get
+
+    nonisolated(unsafe) static var loadError = ""
+    static let shared: LibNFTablesSymbols? = load()
+
+    private static func load() -> LibNFTablesSymbols? {
+        guard let h = dlopen("libnftables.so.1", RTLD_NOW | RTLD_LOCAL) else {
+            loadError = dlerror().map { String(cString: $0) } ?? "dlopen failed"
+            return nil
+        }
+        func sym<T>(_ name: String, _: T.Type) -> T? { dlsym(h, name).map { unsafeBitCast($0, to: T.self) } }
+        guard let a = sym("nft_ctx_new", CtxNew.self), let b = sym("nft_ctx_free", CtxFree.self),
+              let c = sym("nft_ctx_buffer_output", Buffer.self), let d = sym("nft_ctx_buffer_error", Buffer.self),
+              let e = sym("nft_run_cmd_from_buffer", Run.self), let f = sym("nft_ctx_get_error_buffer", Get.self),
+              let g = sym("nft_ctx_get_output_buffer", Get.self) else {
+            loadError = "libnftables.so.1 lacks an expected symbol"
+            return nil
+        }
+        return LibNFTablesSymbols(ctxNew: a, ctxFree: b, bufferOutput: c, bufferError: d, runCommand: e, errorBuffer: f, outputBuffer: g)
     }
 }
 

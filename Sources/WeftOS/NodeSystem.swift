@@ -53,7 +53,7 @@ public final class LinuxNode: NodeSystem {
 
     public func nftables() throws(NFTablesError) -> NFTablesRunner {
         if let nft { return nft }
-        let n = try LibNFTables()
+        let n = LibNFTables()
         nft = n
         return n
     }

@@ -57,6 +57,18 @@ public final class FakeNFTables: NFTablesRunner {
         let hits = scripts.filter { $0.contains("add table \(family) \(table)\n") || $0.hasSuffix("add table \(family) \(table)") }
         return hits.isEmpty ? nil : hits.joined(separator: "\n")
     }
+
+    /// Replays the recorded scripts' `flush chain` and `add rule ... comment` lines.
+    public func ruleComments(table: String, chain: String) throws(NFTablesError) -> [String] {
+        if let m = failAlways { throw NFTablesError(message: m) }
+        var comments: [String] = []
+        for line in scripts.joined(separator: "\n").split(separator: "\n") {
+            if line == "flush chain inet \(table) \(chain)" { comments = [] }
+            let parts = line.split(separator: " comment \"", maxSplits: 1)
+            if line.hasPrefix("add rule inet \(table) \(chain) "), parts.count == 2 { comments.append(String(parts[1].dropLast())) }
+        }
+        return comments
+    }
 }
 
 /// A node in memory, for CNI tests without root: the host namespace, pod namespaces by path,

@@ -276,6 +276,21 @@ import Glibc
         #expect(try h.node.nft.list(table: Masquerade.table, family: "inet") != nil)
     }
 
+    @Test func ipMasqChainIsWrittenOnlyWhenItDiffers() throws {
+        var c = Conf()
+        c.ipMasq = true
+        c.clusterCIDR = "10.0.0.0/8"
+        let h = Harness(c)
+        expectSuccess(h.add("pod-a"))
+        expectSuccess(h.add("pod-b"))
+        #expect(h.node.nft.scripts.count == 1, "the second pod finds the chain already right")
+        // Someone flushed the chain: the next ADD puts the rules back.
+        try h.node.nft.run("flush chain inet weft masquerade-weftnet")
+        expectSuccess(h.add("pod-c"))
+        #expect(h.node.nft.scripts.count == 3)
+        #expect(try h.node.nft.ruleComments(table: "weft", chain: "masquerade-weftnet").count == 1)
+    }
+
     @Test func ipMasqWithoutClusterCIDRExemptsThePodSubnet() throws {
         var c = Conf()
         c.ipMasq = true
@@ -383,7 +398,10 @@ extension AddTests {
         case .dualStackDADSysctl: h.node.failNext["ensureSysctl"] = EACCES
         case .podDADSysctl: pod.failNext["setSysctl"] = EROFS
         case .forwardingSysctl: h.node.failNext["ensureSysctl"] = EACCES
-        case .nftRun: h.node.nft.failNext = "Error: Could not process rule: No such file or directory"
+        case .nftRun:
+            // The chain drifted (so this ADD must write it), and the write fails.
+            try h.node.nft.run("flush chain inet weft masquerade-weftnet")
+            h.node.nft.failNext = "Error: Could not process rule: No such file or directory"
         case .nftUnavailable: h.node.nftablesUnavailable = NFTablesError(message: "cannot create an nftables context")
         }
         let before = step == .bridgeCreate ? [] : h.held("pod-ok")

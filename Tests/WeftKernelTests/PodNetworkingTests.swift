@@ -71,6 +71,14 @@ struct PodNetworkingTests {
         let podToPod = try waitForReply { try lab.inNS(p0, [product("weft"), "probe", "\(p1Addr):8080"]) }
         #expect(podToPod == "p1 \(addresses(r0)[0])", "pod-to-pod traffic keeps its source address")
 
+        // The chain is emptied behind weft's back: the next ADD notices and writes it again.
+        try lab.inNode(["nft", "flush", "chain", "inet", "weft", "masquerade-testnet"])
+        let p2 = try lab.pod("p2")
+        try #require(try lab.cni("ADD", config: config, containerID: "c2", netns: p2).status == 0)
+        let again = try waitForReply { try lab.inNS(p0, [product("weft"), "probe", "192.168.78.9:8080"]) }
+        #expect(again == "outside 192.168.78.1", "masquerade restored by the next ADD")
+        try lab.cni("DEL", config: config, containerID: "c2", netns: p2)
+
         // DEL of every pod leaves the masquerade chain (per network, not per pod) and no allocation.
         try lab.cni("DEL", config: config, containerID: "c0", netns: p0)
         try lab.cni("DEL", config: config, containerID: "c1", netns: p1)

@@ -13,6 +13,9 @@
 #include <linux/neighbour.h>
 #include <linux/veth.h>
 #include <linux/if.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <linux/netfilter/nf_tables.h>
 
 // Glibc hides setns behind _GNU_SOURCE, which Swift's Glibc module does not define.
 int weft_setns(int fd, int nstype);

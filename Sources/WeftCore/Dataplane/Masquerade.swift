@@ -13,6 +13,32 @@ public enum Masquerade {
 
     public static func chain(network: String) -> String { "masquerade-\(network)" }
 
+    /// The chain's rules, one per family with pod ranges.
+    static func rules(network: String, podRanges: [IPNetwork], clusterRanges: [IPNetwork]) -> [String] {
+        let c = chain(network: network)
+        var rules: [String] = []
+        for (fam, proto) in [(IPFamily.v4, "ip"), (.v6, "ip6")] {
+            let pods = podRanges.filter { $0.family == fam }.map(\.description)
+            guard !pods.isEmpty else { continue }
+            let local = clusterRanges.filter { $0.family == fam }.map(\.description) + [alwaysLocal[fam]!]
+            rules.append("add rule inet \(table) \(c) \(proto) saddr { \(pods.joined(separator: ", ")) } \(proto) daddr != { \(local.joined(separator: ", ")) } counter masquerade")
+        }
+        return rules
+    }
+
+    /// The comment each rule carries: it names the rule's content by digest, so a reader of the
+    /// kernel's chain can tell it already holds exactly these rules without parsing them.
+    public static func ruleComments(network: String, podRanges: [IPNetwork], clusterRanges: [IPNetwork]) -> [String] {
+        rules(network: network, podRanges: podRanges, clusterRanges: clusterRanges).map(comment(for:))
+    }
+
+    static func comment(for rule: String) -> String {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325 // FNV-1a 64
+        for b in rule.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        let hex = String(h, radix: 16)
+        return "pod traffic leaving the cluster weft:" + String(repeating: "0", count: 16 - hex.count) + hex
+    }
+
     public static func ensureScript(network: String, podRanges: [IPNetwork], clusterRanges: [IPNetwork]) -> String {
         let c = chain(network: network)
         var s = """
@@ -21,11 +47,8 @@ public enum Masquerade {
         flush chain inet \(table) \(c)
 
         """
-        for (fam, proto) in [(IPFamily.v4, "ip"), (.v6, "ip6")] {
-            let pods = podRanges.filter { $0.family == fam }.map(\.description)
-            guard !pods.isEmpty else { continue }
-            let local = clusterRanges.filter { $0.family == fam }.map(\.description) + [alwaysLocal[fam]!]
-            s += "add rule inet \(table) \(c) \(proto) saddr { \(pods.joined(separator: ", ")) } \(proto) daddr != { \(local.joined(separator: ", ")) } counter masquerade comment \"pod traffic leaving the cluster\"\n"
+        for rule in rules(network: network, podRanges: podRanges, clusterRanges: clusterRanges) {
+            s += rule + " comment \"\(comment(for: rule))\"\n"
         }
         return s
     }

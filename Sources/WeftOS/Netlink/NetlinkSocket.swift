@@ -23,15 +23,15 @@ public struct NetlinkError: Error, Sendable, CustomStringConvertible {
     public var isNotFound: Bool { errno == ENODEV || errno == ENOENT || errno == ESRCH || errno == EADDRNOTAVAIL }
 }
 
-/// One NETLINK_ROUTE socket. It belongs to the network namespace it was created in, whatever
+/// One netlink socket (NETLINK_ROUTE unless told otherwise). It belongs to the network namespace it was created in, whatever
 /// thread later uses it: that is how weft works inside a pod without staying switched into it.
 public final class NetlinkSocket {
     let fd: Int32
     private var seq: UInt32 = 0
     private var buffer = [UInt8](repeating: 0, count: 1 << 16)
 
-    public init() throws(NetlinkError) {
-        fd = socket(AF_NETLINK, k(SOCK_RAW) | k(SOCK_CLOEXEC), NETLINK_ROUTE)
+    public init(protocol proto: Int32 = NETLINK_ROUTE) throws(NetlinkError) {
+        fd = socket(AF_NETLINK, k(SOCK_RAW) | k(SOCK_CLOEXEC), proto)
         guard fd >= 0 else { throw NetlinkError(operation: "open netlink socket", errno: Glibc.errno) }
         var one: Int32 = 1
         // Extended acks carry the kernel's reason; capped acks keep error replies small.
