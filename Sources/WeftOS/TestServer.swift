@@ -8,17 +8,33 @@ import WeftCore
 /// datagram is answered with "NAME CLIENT-ADDRESS", so a test sees who answered and whether
 /// the source address was rewritten on the way.
 public enum EchoServer {
-    /// Serves TCP on `port` (IPv4 and IPv6) until the process ends.
+    /// Serves TCP on `port` (IPv4 and IPv6) until the process ends. Each connection gets the
+    /// greeting, then whatever the client sends is echoed back until it closes: a long-lived
+    /// flow for tests that check established connections survive (agent restarts, datastore
+    /// failures). One thread, poll(2) over the listener and every open connection.
     public static func serveTCP(port: UInt16, name: String) throws(SystemError) -> Never {
-        let fd = try listenSocket(type: SOCK_STREAM, port: port)
+        let listener = try listenSocket(type: SOCK_STREAM, port: port)
+        var fds = [pollfd(fd: listener, events: Int16(POLLIN), revents: 0)]
+        var buf = [UInt8](repeating: 0, count: 4096)
         while true {
-            var peer = sockaddr_storage()
-            var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
-            let c = withUnsafeMutablePointer(to: &peer) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { accept(fd, $0, &len) } }
-            if c < 0 { continue }
-            let reply = Array("\(name) \(describe(peer))\n".utf8)
-            _ = reply.withUnsafeBytes { write(c, $0.baseAddress, $0.count) }
-            close(c)
+            if poll(&fds, nfds_t(fds.count), -1) < 0 { continue }
+            var closed: Set<Int32> = []
+            for p in fds where p.revents != 0 {
+                if p.fd == listener {
+                    var peer = sockaddr_storage()
+                    var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+                    let c = withUnsafeMutablePointer(to: &peer) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { accept(listener, $0, &len) } }
+                    if c < 0 { continue }
+                    let reply = Array("\(name) \(describe(peer))\n".utf8)
+                    _ = reply.withUnsafeBytes { write(c, $0.baseAddress, $0.count) }
+                    fds.append(pollfd(fd: c, events: Int16(POLLIN), revents: 0))
+                    continue
+                }
+                let n = buf.withUnsafeMutableBytes { read(p.fd, $0.baseAddress, $0.count) }
+                if n <= 0 { close(p.fd); closed.insert(p.fd); continue }
+                _ = buf.withUnsafeBytes { write(p.fd, $0.baseAddress, n) }
+            }
+            if !closed.isEmpty { fds.removeAll { closed.contains($0.fd) } }
         }
     }
 
@@ -70,11 +86,52 @@ public enum EchoServer {
         }
     }
 
+    /// Holds one TCP connection for `seconds`, sending a numbered line every `intervalMs` and
+    /// expecting it echoed back within `timeoutMilliseconds`. Returns how many round trips
+    /// succeeded; throws at the first that fails, saying when (the flow broke).
+    public static func hold(host: IPAddress, port: UInt16, seconds: Double, intervalMs: Int, timeoutMilliseconds: Int32 = 2000) throws(SystemError) -> Int {
+        let fd = try connected(host: host, port: port, udp: false, timeoutMilliseconds: timeoutMilliseconds)
+        defer { close(fd) }
+        var buf = [UInt8](repeating: 0, count: 512)
+        guard buf.withUnsafeMutableBytes({ recv(fd, $0.baseAddress, $0.count, 0) }) > 0 else {
+            throw SystemError("no greeting from \(host) port \(port)", errno: ECONNRESET)
+        }
+        let start = ContinuousClock.now
+        var exchanges = 0
+        while ContinuousClock.now - start < .milliseconds(Int(seconds * 1000)) {
+            let line = Array("ping \(exchanges)\n".utf8)
+            let at = ContinuousClock.now - start
+            guard line.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == line.count else {
+                throw SystemError("the flow broke after \(at) (\(exchanges) round trips): send", errno: errno)
+            }
+            var got: [UInt8] = []
+            while got.count < line.count {
+                let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+                guard n > 0 else { throw SystemError("the flow broke after \(at) (\(exchanges) round trips): no echo", errno: n == 0 ? ECONNRESET : errno) }
+                got += buf[0..<n]
+            }
+            guard got == line else { throw SystemError("the flow returned \(String(decoding: got, as: UTF8.self)) for ping \(exchanges)", errno: EPROTO) }
+            exchanges += 1
+            usleep(useconds_t(intervalMs * 1000))
+        }
+        return exchanges
+    }
+
     /// Connects (TCP) or sends one datagram (UDP) and returns the server's reply.
     public static func probe(host: IPAddress, port: UInt16, udp: Bool, timeoutMilliseconds: Int32 = 2000) throws(SystemError) -> String {
+        let fd = try connected(host: host, port: port, udp: udp, timeoutMilliseconds: timeoutMilliseconds)
+        defer { close(fd) }
+        if udp { _ = send(fd, "?", 1, 0) }
+        var buf = [UInt8](repeating: 0, count: 512)
+        let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        guard n > 0 else { throw SystemError("no reply from \(host) port \(port)", errno: n == 0 ? ECONNRESET : errno) }
+        return String(decoding: buf[0..<n], as: UTF8.self).trimmingTrailingNewlines()
+    }
+
+    /// A socket connected to host:port (IPv4 through a mapped address), with send/receive timeouts.
+    static func connected(host: IPAddress, port: UInt16, udp: Bool, timeoutMilliseconds: Int32) throws(SystemError) -> Int32 {
         let fd = socket(AF_INET6, Int32((udp ? SOCK_DGRAM : SOCK_STREAM).rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw SystemError("socket") }
-        defer { close(fd) }
         var tv = timeval(tv_sec: Int(timeoutMilliseconds / 1000), tv_usec: Int(timeoutMilliseconds % 1000) * 1000)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
@@ -84,11 +141,7 @@ public enum EchoServer {
         let mapped = host.family == .v4 ? [UInt8](repeating: 0, count: 10) + [0xff, 0xff] + host.bytes : host.bytes
         withUnsafeMutableBytes(of: &addr.sin6_addr) { $0.copyBytes(from: mapped) }
         let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) } }
-        guard rc == 0 else { throw SystemError("connect \(host) port \(port)") }
-        if udp { _ = send(fd, "?", 1, 0) }
-        var buf = [UInt8](repeating: 0, count: 512)
-        let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-        guard n > 0 else { throw SystemError("no reply from \(host) port \(port)", errno: n == 0 ? ECONNRESET : errno) }
-        return String(decoding: buf[0..<n], as: UTF8.self).trimmingTrailingNewlines()
+        guard rc == 0 else { let e = SystemError("connect \(host) port \(port)"); close(fd); throw e }
+        return fd
     }
 }

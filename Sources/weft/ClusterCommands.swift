@@ -48,8 +48,10 @@ struct Apply: AsyncParsableCommand {
     @Option(help: "Seconds to wait for pods to start (0: do not wait).") var wait = 60.0
 
     func run() async throws {
-        let objects = try readManifest(filename)
+        // Open first: for an etcd lab this re-runs the command inside the lab's network, and
+        // the re-run process must be the one that reads stdin.
         let (store, _) = try cluster.open()
+        let objects = try readManifest(filename)
         let client = ClusterClient(store: store)
         for line in try await client.apply(objects) { print(line) }
         let pods = objects.filter { $0.kind == "Pod" }.map { "\($0.namespace ?? "default")/\($0.name)" }
@@ -68,8 +70,10 @@ struct Delete: AsyncParsableCommand {
     @Option(name: .shortAndLong, help: "Manifest file, or - for stdin.") var filename: String
 
     func run() async throws {
-        let objects = try readManifest(filename)
+        // Open first: for an etcd lab this re-runs the command inside the lab's network, and
+        // the re-run process must be the one that reads stdin.
         let (store, _) = try cluster.open()
+        let objects = try readManifest(filename)
         for line in try await ClusterClient(store: store).delete(objects) { print(line) }
     }
 }

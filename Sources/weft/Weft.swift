@@ -62,11 +62,18 @@ struct Probe: ParsableCommand {
     @Argument(help: "ADDRESS:PORT, IPv6 as [ADDRESS]:PORT.") var target: String
     @Flag(help: "Use UDP instead of TCP.") var udp = false
     @Option(help: "Timeout in milliseconds.") var timeout: Int32 = 2000
+    @Option(help: "Hold one TCP connection this many seconds, echoing a line every --interval ms; fails if the flow breaks.") var hold: Double?
+    @Option(help: "With --hold: milliseconds between round trips.") var interval = 100
 
     func run() throws {
         guard let colon = target.lastIndex(of: ":"), let port = UInt16(target[target.index(after: colon)...]),
               let host = IPAddress(target[..<colon].trimmingPrefix("[").split(separator: "]").first ?? "") else {
             throw ValidationError("target \"\(target)\" is not ADDRESS:PORT (e.g. 10.22.0.5:8080 or [fd00::5]:8080)")
+        }
+        if let hold {
+            let n = try EchoServer.hold(host: host, port: port, seconds: hold, intervalMs: interval, timeoutMilliseconds: timeout)
+            print("held \(hold) s: \(n) round trips, none lost")
+            return
         }
         print(try EchoServer.probe(host: host, port: port, udp: udp, timeoutMilliseconds: timeout))
     }

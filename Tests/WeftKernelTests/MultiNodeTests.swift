@@ -132,6 +132,69 @@ struct MultiNodeTests {
         #expect(try routes(on: 0).contains(node2Range), "peers keep the route until the lease runs out")
     }
 
+    @Test("with traffic flowing, an etcd member dies and an agent restarts: no flow breaks, no route is lost")
+    func reliabilityOnEtcd() throws {
+        let lab = try TestLab(nodes: 2, mode: "native", datastore: "etcd", leaseTTL: 4)
+        let apply = try lab.run(["apply", "-f", "-"], stdin: Self.podsManifest(nodes: 2, perNode: 1))
+        try #require(apply.status == 0, "\(apply.stdout)\(apply.stderr)")
+        let pods = try #require(try lab.run(["get", "pods", "-A", "-o", "json"]).json?["items"]?.arrayValue)
+        let target = try #require(pods.first { $0["spec"]?["nodeName"]?.stringValue == "node1" }?["status"]?["podIP"]?.stringValue)
+        func routes(on i: Int) throws -> String { try sh(["ip", "netns", "exec", lab.nodeNS(i), "ip", "route", "show", "proto", "87"]).stdout }
+        func range(of node: String) throws -> String {
+            try #require(try lab.run(["get", "nodes", "-o", "json"]).json?["items"]?.arrayValue?
+                .first { $0["metadata"]?["name"]?.stringValue == node }?["spec"]?["podCIDRs"]?.arrayValue?.first?.stringValue)
+        }
+        let range0 = try range(of: "node0"), range1 = try range(of: "node1")
+
+        // One TCP connection from node0's pod to node1's pod, a round trip every 50 ms for 15 s.
+        let flow = Process()
+        flow.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
+        flow.arguments = ["--net=/run/netns/\(lab.podNS("default", "web-0-0"))", product("weft"), "probe", "\(target):8080", "--hold", "15", "--interval", "50"]
+        let out = Pipe()
+        flow.standardOutput = out
+        flow.standardError = out
+        try flow.run()
+        defer { if flow.isRunning { kill(flow.processIdentifier, SIGKILL) } }
+        usleep(500_000)
+
+        // Kill one of the three etcd members outright.
+        let etcd0 = try sh(["ip", "netns", "pids", "wl-\(lab.name)-etcd0"]).stdout.split(separator: "\n").compactMap { pid_t($0) }
+        try #require(!etcd0.isEmpty, "etcd member 0 is running")
+        for p in etcd0 { kill(p, SIGKILL) }
+
+        // Restart node1's agent (SIGTERM, then the same command line again).
+        let agent = try #require(try sh(["ip", "netns", "pids", lab.nodeNS(1)]).stdout.split(separator: "\n").compactMap { pid_t($0) }
+            .first { ((try? Files.readString("/proc/\($0)/cmdline")) ?? "").contains("\0agent\0") })
+        let argv = try Files.readString("/proc/\(agent)/cmdline").split(separator: "\0").map(String.init)
+        kill(agent, SIGTERM)
+        var exited = false
+        for _ in 0..<50 where !exited { exited = kill(agent, 0) != 0; if !exited { usleep(100_000) } }
+        #expect(exited, "the agent stops on SIGTERM")
+        let restarted = Process()
+        restarted.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
+        restarted.arguments = ["--net=/run/netns/\(lab.nodeNS(1))"] + argv
+        restarted.standardOutput = FileHandle.nullDevice
+        restarted.standardError = FileHandle.nullDevice
+        try restarted.run()
+        defer { kill(restarted.processIdentifier, SIGKILL); restarted.waitUntilExit() }
+
+        // While the flow runs: each node always holds its route to the other's pods.
+        var lost: [String] = []
+        while flow.isRunning {
+            if try !routes(on: 0).contains(range1) { lost.append("node0 lost \(range1)") }
+            if try !routes(on: 1).contains(range0) { lost.append("node1 lost \(range0)") }
+            usleep(100_000)
+        }
+        flow.waitUntilExit()
+        let said = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(flow.terminationStatus == 0, "the established flow survived: \(said)")
+        #expect(said.contains("none lost"), "\(said)")
+        #expect(lost.isEmpty, "\(Set(lost))")
+        // The restarted agent is in service: with a member down, it still keeps the node's lease.
+        #expect(restarted.isRunning, "the restarted agent runs on the two remaining members")
+        #expect(try lab.run(["connectivity"]).status == 0)
+    }
+
     @Test("bad input: invalid manifests, unknown nodes, a second agent under a taken name, ranges that do not fit")
     func badInput() throws {
         let lab = try TestLab(nodes: 2, mode: "vxlan")
