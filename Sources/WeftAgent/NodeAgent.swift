@@ -61,18 +61,22 @@ public final class NodeAgent: Service, @unchecked Sendable {
         let hostIP = try config.hostIP ?? detectHostIP()
         let vtepMAC = cluster.mode == .vxlan ? try ensureVXLAN(cluster: cluster, hostIP: hostIP) : nil
 
-        let lease = try await claimNodeName(hostIP: hostIP)
+        var lease = try await claimNodeName(hostIP: hostIP)
         let ranges = try await claimPodRanges(cluster: cluster)
-        // Renew once before the keepalive loop starts: claiming ranges on a busy datastore can
-        // take a good part of a short TTL.
-        try await store.keepAlive(lease: lease)
+        // Renew before the keepalive loop starts: claiming ranges on a busy datastore can take
+        // longer than a short TTL; if it did, register again rather than give up.
+        do { try await store.keepAlive(lease: lease) } catch DatastoreError.leaseNotFound {
+            logger.warning("the lease expired while claiming pod ranges; registering again", metadata: ["node": "\(config.nodeName)"])
+            lease = try await claimNodeName(hostIP: hostIP)
+        }
+        let heldLease = lease
         let me = NodeInfo(name: config.nodeName, hostIP: hostIP, podCIDRs: ranges, vtepMAC: vtepMAC)
         try await publish(me)
         try prepareNode(cluster: cluster, ranges: ranges)
         try writeCNIConfig(cluster: cluster, ranges: ranges)
         logger.info("node registered", metadata: ["node": "\(config.nodeName)", "hostIP": "\(hostIP)", "podCIDRs": "\(ranges.map(\.description))", "mode": "\(cluster.mode.rawValue)"])
         try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await self.keepAlive(lease: lease, hostIP: hostIP) }
+            group.addTask { try await self.keepAlive(lease: heldLease, hostIP: hostIP) }
             group.addTask { try await self.watch(prefix: Keys.nodes) }
             group.addTask { try await self.watch(prefix: Keys.nodeLeases) }
             group.addTask { try await self.resyncTicker() }
@@ -155,10 +159,11 @@ public final class NodeAgent: Service, @unchecked Sendable {
             }
             if let held { mine.append(held); continue }
             var claimed: IPNetwork?
-            // An array, not the lazy sequence: nothing holding a UInt128 lives across the awaits
-            // below (Swift misaligns such values in async frames and crashes).
-            let candidates = Array(freeBlocks(of: cidr, prefix: cluster.blockPrefix(cidr.family), taken: taken).prefix(256))
-            for block in candidates {
+            // Each node starts its search at its own place among the first free blocks, so nodes
+            // that join together do not all race for the same block.
+            let free = Array(freeBlocks(of: cidr, prefix: cluster.blockPrefix(cidr.family), taken: taken).prefix(256))
+            let start = free.isEmpty ? 0 : Int(stableHash(config.nodeName) % UInt64(free.count))
+            for block in free[start...] + free[..<start] {
                 let value = Array(JSONValue.object([("cidr", .string(block.description)), ("node", .string(config.nodeName))]).serialized().utf8)
                 do {
                     try await store.create(Keys.podRange(block), value: value)
@@ -368,4 +373,11 @@ actor PeerState {
     func liveNodes() -> [NodeInfo] {
         nodes.values.filter { live.contains($0.name) }.sorted { $0.name < $1.name }
     }
+}
+
+/// FNV-1a: the same for a name in every process and run (Swift's Hasher is seeded per process).
+func stableHash(_ s: String) -> UInt64 {
+    var h: UInt64 = 0xcbf2_9ce4_8422_2325
+    for b in s.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+    return h
 }

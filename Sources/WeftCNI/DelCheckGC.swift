@@ -10,15 +10,22 @@ struct DelCommand {
     let config: NetworkConfig
 
     func run() throws(CNIError) {
+        var removedPair = false
         if !env.netns.isEmpty, let ns = try? node.openNamespace(env.netns), let pod = try? ns.control(),
            let link = try? pod.link(named: env.ifname) {
             try kernel("delete \(env.ifname) in the pod") { try pod.deleteLink(index: link.index) }
+            // Deleting one end of a veth deletes its peer, the host end, in the same call.
+            removedPair = link.kind == "veth"
         }
-        let host = try kernel("open netlink on the node") { try node.hostNetwork() }
-        let hostName = hostVethName(containerID: env.containerID, ifname: env.ifname)
-        if let link = try kernel("look up \(hostName)", { try host.link(named: hostName) }) {
-            do { try host.deleteLink(index: link.index) } catch where error.isNotFound {} catch {
-                throw .kernel("delete \(hostName): \(error)")
+        if !removedPair {
+            // The namespace is gone (its veth went with it) or was never reached: make sure
+            // no host end of this attachment is left.
+            let host = try kernel("open netlink on the node") { try node.hostNetwork() }
+            let hostName = hostVethName(containerID: env.containerID, ifname: env.ifname)
+            if let link = try kernel("look up \(hostName)", { try host.link(named: hostName) }) {
+                do { try host.deleteLink(index: link.index) } catch where error.isNotFound {} catch {
+                    throw .kernel("delete \(hostName): \(error)")
+                }
             }
         }
         try IPAMClient(node: node, env: env, config: config).release()

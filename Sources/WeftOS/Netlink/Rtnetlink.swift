@@ -63,6 +63,10 @@ public final class Rtnetlink: NetworkControl {
             name = n
             r.attr(k(IFLA_IFNAME), string: n)
             if let mtu { r.attr(k(IFLA_MTU), u32: UInt32(mtu)) }
+            // One queue each way per end: by default a veth gets one per possible CPU and is
+            // trimmed to one at once, which costs an expedited RCU grace period per end.
+            r.attr(k(IFLA_NUM_TX_QUEUES), u32: 1)
+            r.attr(k(IFLA_NUM_RX_QUEUES), u32: 1)
             r.beginNest(k(IFLA_LINKINFO))
             r.attr(k(IFLA_INFO_KIND), string: "veth")
             r.beginNest(k(IFLA_INFO_DATA))
@@ -70,6 +74,8 @@ public final class Rtnetlink: NetworkControl {
             r.appendStruct(ifinfomsg())
             r.attr(k(IFLA_IFNAME), string: peerName)
             if let mtu { r.attr(k(IFLA_MTU), u32: UInt32(mtu)) }
+            r.attr(k(IFLA_NUM_TX_QUEUES), u32: 1)
+            r.attr(k(IFLA_NUM_RX_QUEUES), u32: 1)
             if let peerMAC { r.attr(k(IFLA_ADDRESS), peerMAC) }
             if let ns = peerNamespace as? NetworkNamespace { r.attr(k(IFLA_NET_NS_FD), u32: UInt32(ns.fd)) }
             r.endNest(); r.endNest(); r.endNest()
