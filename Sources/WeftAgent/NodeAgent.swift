@@ -59,6 +59,7 @@ public final class NodeAgent: Service, @unchecked Sendable {
     func serve() async throws {
         let cluster = try await agreeOnClusterConfig()
         let hostIP = try config.hostIP ?? detectHostIP()
+        if let hostNetwork = try hostNetwork(of: hostIP) { try cluster.check(hostNetwork: hostNetwork, uplink: config.uplink) }
         let vtepMAC = cluster.mode == .vxlan ? try ensureVXLAN(cluster: cluster, hostIP: hostIP) : nil
 
         var lease = try await claimNodeName(hostIP: hostIP)
@@ -204,6 +205,11 @@ public final class NodeAgent: Service, @unchecked Sendable {
             throw AgentError("uplink \(config.uplink) has no address; give it one or pass --host-ip")
         }
         return a
+    }
+
+    /// The subnet of the host address on this node, if the node carries it.
+    func hostNetwork(of hostIP: IPAddress) throws -> IPNetwork? {
+        try net.addresses().first { $0.address.address == hostIP }.map { $0.address.network }
     }
 
     func ensureVXLAN(cluster: ClusterConfig, hostIP: IPAddress) throws -> [UInt8] {

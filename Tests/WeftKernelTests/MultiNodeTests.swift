@@ -195,6 +195,50 @@ struct MultiNodeTests {
         #expect(try lab.run(["connectivity"]).status == 0)
     }
 
+    @Test("agent bad input: no block left, a range overlapping the host network, an unreachable datastore")
+    func agentBadInput() throws {
+        // One node of its own (a namespace with an uplink), and a datastore file for it.
+        let lab = try KernelLab()
+        defer { lab.close() }
+        try lab.inNode(["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"])
+        try lab.inNode(["ip", "addr", "add", "192.168.77.1/24", "dev", "eth0"])
+        try lab.inNode(["ip", "link", "set", "eth0", "up"])
+        let db = "sqlite://\(lab.dataDir)-cluster.db"
+        defer { _ = try? sh(["rm", "-rf", "\(lab.dataDir)-cluster.db", "\(lab.dataDir)-cluster.db-wal", "\(lab.dataDir)-cluster.db-shm", "\(lab.dataDir)-net.d"]) }
+        func agent(_ name: String, _ extra: [String], runFor seconds: Int = 20) throws -> CommandResult {
+            try lab.inNode(["timeout", "\(seconds)", product("weft"), "agent", "--node", name, "--mode", "native", "--cni-conf-dir", "\(lab.dataDir)-net.d",
+                            "--ipam-data-dir", lab.dataDir] + extra)
+        }
+        let small = ["--datastore", db, "--cluster-cidr", "10.1.0.0/23", "--block-prefix-v4", "24"]
+
+        // A /23 holds two /24 blocks: two nodes get one each (and keep them after stopping),
+        // the third is told there is none left.
+        for n in ["x1", "x2"] {
+            let r = try agent(n, small, runFor: 3)
+            #expect(r.status == 124 && r.stderr.contains("node registered"), "\(n) ran until stopped: \(r.stderr)")
+        }
+        let third = try agent("x3", small)
+        #expect(third.status != 0 && third.status != 124, "x3 must fail, not run")
+        #expect(third.stderr.contains("cluster range 10.1.0.0/23 has no free /24 block left for node x3"), "\(third.stderr)")
+        // The nodes that hold blocks are undisturbed: x1 comes back with its block.
+        let again = try agent("x1", small, runFor: 3)
+        #expect(again.stderr.contains("node registered") && (again.stderr.contains("10.1.0.0/24") || again.stderr.contains("10.1.1.0/24")), "\(again.stderr)")
+
+        // A pod range overlapping the host network would swallow host traffic.
+        let overlap = try agent("y", ["--datastore", "sqlite://\(lab.dataDir)-other.db", "--cluster-cidr", "192.168.0.0/16"])
+        #expect(overlap.status != 0 && overlap.status != 124)
+        #expect(overlap.stderr.contains("cluster range 192.168.0.0/16 overlaps the host network 192.168.77.0/24"), "\(overlap.stderr)")
+        _ = try? sh(["rm", "-f", "\(lab.dataDir)-other.db", "\(lab.dataDir)-other.db-wal", "\(lab.dataDir)-other.db-shm"])
+
+        // No datastore answers: a clear error naming the endpoint, promptly (well within the
+        // 20 s this command is given).
+        let unreachable = try agent("z", ["--datastore", "etcd://127.0.0.1:1", "--cluster-cidr", "10.1.0.0/16"])
+        #expect(unreachable.status != 0 && unreachable.status != 124, "\(unreachable.stderr)")
+        #expect(unreachable.stderr.contains("datastore unavailable") && unreachable.stderr.contains("http://127.0.0.1:1"), "\(unreachable.stderr)")
+        let missingDir = try agent("z", ["--datastore", "sqlite:///nonexistent-\(lab.id)/x.db", "--cluster-cidr", "10.1.0.0/16"])
+        #expect(missingDir.stderr.contains("directory /nonexistent-\(lab.id) does not exist"), "\(missingDir.stderr)")
+    }
+
     @Test("bad input: invalid manifests, unknown nodes, a second agent under a taken name, ranges that do not fit")
     func badInput() throws {
         let lab = try TestLab(nodes: 2, mode: "vxlan")

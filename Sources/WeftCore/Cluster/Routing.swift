@@ -44,6 +44,26 @@ public struct ClusterConfig: Sendable, Equatable {
         }
     }
 
+    /// Checks the cluster ranges against the host network a node sits on: in vxlan and native
+    /// mode pods need addresses no host uses (an overlap would route host traffic into pods);
+    /// in underlay mode pod addresses are taken from the host network, so the range must lie
+    /// inside it.
+    public func check(hostNetwork host: IPNetwork, uplink: String) throws(ManifestError) {
+        for c in clusterCIDRs where c.family == host.family {
+            let overlaps = c.contains(host.address) || host.contains(c.address)
+            switch mode {
+            case .vxlan, .native:
+                if overlaps {
+                    throw ManifestError("cluster range \(c) overlaps the host network \(host) (on \(uplink)); in \(mode.rawValue) mode pods need a range no host uses, e.g. 10.244.0.0/16, or use --mode underlay to give pods host-network addresses")
+                }
+            case .underlay:
+                if !(host.prefixLength <= c.prefixLength && host.contains(c.address)) {
+                    throw ManifestError("in underlay mode the cluster range must lie inside the host network \(host) (on \(uplink)), but \(c) does not; pick a part of \(host) that no host uses")
+                }
+            }
+        }
+    }
+
     public var json: JSONValue {
         .object([("mode", .string(mode.rawValue)), ("clusterCIDRs", .array(clusterCIDRs.map { .string($0.description) })),
                  ("blockPrefixV4", .number(Double(blockPrefixV4))), ("blockPrefixV6", .number(Double(blockPrefixV6))),
