@@ -256,7 +256,7 @@ public final class NodeAgent: Service, @unchecked Sendable {
         }
         let weft: JSONValue = .object([
             ("type", .string("weft")),
-            ("mode", .string(cluster.mode == .underlay ? "routed" : "bridge")),
+            ("mode", .string("routed")),
             ("bridge", .string("weft0")),
             ("mtu", .number(Double(mtu))),
             ("ipMasq", .bool(true)),

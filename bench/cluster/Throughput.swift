@@ -85,7 +85,7 @@ struct Throughput: ParsableCommand {
         var paths = [
             Path(key: "node", label: "node0 -> node1 host IPs (br0)", clientNS: labHandle.nodeNS(0), serverNS: labHandle.nodeNS(1), serverIP: LabHandle.hostIP(1)),
             Path(key: "cross", label: "pod -> pod across nodes (\(mode))", clientNS: podNS["tp-a"]!, serverNS: podNS["tp-c"]!, serverIP: podIP["tp-c"]!),
-            Path(key: "same", label: "pod -> pod on node0 (weft0 bridge)", clientNS: podNS["tp-a"]!, serverNS: podNS["tp-b"]!, serverIP: podIP["tp-b"]!),
+            Path(key: "same", label: "pod -> pod on node0 (same node)", clientNS: podNS["tp-a"]!, serverNS: podNS["tp-b"]!, serverIP: podIP["tp-b"]!),
             Path(key: "veth", label: "bare veth pair (floor)", clientNS: vethA, serverNS: vethB, serverIP: "10.250.0.2"),
         ]
         for p in paths {
