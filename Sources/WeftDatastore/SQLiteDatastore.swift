@@ -21,6 +21,10 @@ import WeftCore
 ///
 /// Watches poll (every `pollInterval` seconds) for rows with an id above the last one seen and
 /// a name in the prefix's range (a byte range, so `%` and `_` in keys are plain characters).
+/// A poll first looks at the write-ahead log's size, time and header (`WALStamp`): every commit
+/// appends to the log or restarts it with new salts, so an unchanged stamp means nothing was
+/// written and the query is skipped. Idle watchers cost a few syscalls per poll, not a read
+/// transaction; a full query still runs every second whatever the stamp says.
 ///
 /// Leases live in table `leases(id, ttl, expires)`, `expires` being wall-clock (Unix) seconds
 /// so that every process agrees. Any process sweeps: each write transaction first expires what
@@ -220,9 +224,19 @@ public final class SQLiteDatastore: Datastore, Sendable {
         let range = PrefixRange(prefix)
         let task = Task {
             var last = afterRevision
+            var lastStamp: WALStamp?
+            var skipped = 0
             do {
                 while !Task.isCancelled {
                     await self.maybeSweep()
+                    // Taken before the query: a commit during it changes the stamp again.
+                    let stamp = WALStamp(databasePath: self.path)
+                    if let stamp, stamp == lastStamp, Double(skipped + 1) * self.pollInterval < 1 {
+                        skipped += 1
+                        try await Task.sleep(nanoseconds: UInt64(self.pollInterval * 1e9))
+                        continue
+                    }
+                    skipped = 0
                     let seen = last
                     let (events, next) = try await self.read { db -> ([WatchEvent], Int64) in
                         let compacted = try Self.compactRevision(db)
@@ -238,6 +252,7 @@ public final class SQLiteDatastore: Datastore, Sendable {
                     }
                     for event in events { continuation.yield(event) }
                     last = next
+                    lastStamp = stamp
                     if events.count == Self.watchBatch { continue }
                     try await Task.sleep(nanoseconds: UInt64(self.pollInterval * 1e9))
                 }
@@ -517,5 +532,32 @@ public final class SQLiteDatastore: Datastore, Sendable {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
         return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+}
+
+/// What identifies the state of a WAL-mode database's log: its size and modification time, and
+/// its 32-byte header, whose checkpoint sequence and salts change whenever the log restarts.
+/// nil when there is no log file (then every poll queries).
+struct WALStamp: Equatable {
+    var size: Int
+    var modified: timespec
+    var header: [UInt8]
+
+    init?(databasePath: String) {
+        let fd = open(databasePath + "-wal", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { return nil }
+        var header = [UInt8](repeating: 0, count: 32)
+        let n = header.withUnsafeMutableBytes { pread(fd, $0.baseAddress, 32, 0) }
+        guard n >= 0 else { return nil }
+        self.size = Int(st.st_size)
+        self.modified = st.st_mtim
+        self.header = Array(header[0..<n])
+    }
+
+    static func == (a: WALStamp, b: WALStamp) -> Bool {
+        a.size == b.size && a.modified.tv_sec == b.modified.tv_sec && a.modified.tv_nsec == b.modified.tv_nsec && a.header == b.header
     }
 }
