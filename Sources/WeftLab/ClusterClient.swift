@@ -17,6 +17,17 @@ public struct ClusterClient: Sendable {
                 l["kubernetes.io/metadata.name"] = o.name
                 o.labels = l
             }
+            if o.kind == "Service" {
+                let ns = o.namespace ?? "default"
+                if o.namespace == nil { o.setMeta("namespace", .string(ns)) }
+                if try await store.get(Keys.namespace(ns)) == nil {
+                    if ns == "default" { try await ensureDefaultNamespace() } else {
+                        throw ManifestError("service \(ns)/\(o.name): namespace \"\(ns)\" does not exist; apply a Namespace named \(ns) first")
+                    }
+                }
+                let existing = try await store.get(try Keys.key(for: o)).map { try KubeObject(bytes: $0.value) }
+                o = try await ServiceAllocator(store: store).allocate(o, existing: existing)
+            }
             if o.kind == "Pod" {
                 let ns = o.namespace ?? "default"
                 if o.namespace == nil { o.setMeta("namespace", .string(ns)) }
@@ -68,7 +79,7 @@ public struct ClusterClient: Sendable {
         var lines: [String] = []
         for o in objects {
             var o = o
-            if o.kind == "Pod" && o.namespace == nil { o.setMeta("namespace", .string("default")) }
+            if (o.kind == "Pod" || o.kind == "Service") && o.namespace == nil { o.setMeta("namespace", .string("default")) }
             let key = try Keys.key(for: o)
             if o.kind == "Node" {
                 // A departed node's pod ranges go back to the pool.
@@ -76,8 +87,9 @@ public struct ClusterClient: Sendable {
                     try await store.delete(kv.key, expectedRevision: nil)
                 }
             }
-            if try await store.get(key) == nil { lines.append("\(o.kind.lowercased())/\(o.name) not found"); continue }
+            guard let stored = try await store.get(key) else { lines.append("\(o.kind.lowercased())/\(o.name) not found"); continue }
             try await store.delete(key, expectedRevision: nil)
+            if o.kind == "Service" { try await ServiceAllocator(store: store).release(try KubeObject(bytes: stored.value)) }
             lines.append("\(o.kind.lowercased())/\(o.name) deleted")
         }
         return lines

@@ -63,6 +63,7 @@ public enum Manifests {
         }
         if let ns = o.namespace, !isDNSLabel(ns) { throw ManifestError("\(w): metadata.namespace \"\(ns)\" is not a valid namespace name") }
         _ = try Keys.key(for: o)
+        if o.kind == "Service" { _ = try ClusterService(o) }
         if o.kind == "Pod" {
             for (i, c) in (o.spec["containers"]?.arrayValue ?? []).enumerated() {
                 for (j, p) in (c["ports"]?.arrayValue ?? []).enumerated() {

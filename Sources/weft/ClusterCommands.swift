@@ -81,7 +81,7 @@ struct Delete: AsyncParsableCommand {
 struct Get: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "List pods, nodes or namespaces, as kubectl get does.")
     @OptionGroup var cluster: ClusterOptions
-    @Argument(help: "pods, nodes or namespaces.") var resource: String
+    @Argument(help: "pods, nodes, namespaces or services.") var resource: String
     @Flag(name: [.customShort("A"), .customLong("all-namespaces")], help: "Pods of every namespace.") var allNamespaces = false
     @Option(name: .shortAndLong, help: "Namespace of the pods.") var namespace = "default"
     @Option(name: .shortAndLong, help: "Output: wide or json.") var output: String?
@@ -95,7 +95,9 @@ struct Get: AsyncParsableCommand {
             objects = try await client.list(Keys.pods).filter { allNamespaces || ($0.namespace ?? "default") == namespace }
         case "nodes", "node", "no": objects = try await client.nodeObjects()
         case "namespaces", "namespace", "ns": objects = try await client.list(Keys.namespaces)
-        default: throw ValidationError("unknown resource \"\(resource)\"; expected pods, nodes or namespaces")
+        case "services", "service", "svc":
+            objects = try await client.list(Keys.services).filter { allNamespaces || ($0.namespace ?? "default") == namespace }
+        default: throw ValidationError("unknown resource \"\(resource)\"; expected pods, nodes, namespaces or services")
         }
         objects.sort { ($0.namespace ?? "", $0.name) < ($1.namespace ?? "", $1.name) }
         if output == "json" {
@@ -110,6 +112,18 @@ struct Get: AsyncParsableCommand {
             print(Tables.render(allNamespaces ? header : Array(header.dropFirst()), objects.map { p in
                 var row = [p.namespace ?? "default", p.name, p.status["phase"]?.stringValue ?? "Pending", p.podIP ?? "<none>"]
                 if output == "wide" { row += [p.nodeName ?? "<none>", (p.status["podIPs"]?.arrayValue ?? []).compactMap { $0["ip"]?.stringValue }.joined(separator: ",")] }
+                return allNamespaces ? row : Array(row.dropFirst())
+            }))
+        case "se", "sv":
+            // kubectl's columns, plus the endpoints the service selects (ready ones).
+            let pods = try await client.list(Keys.pods)
+            let header = ["NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "PORT(S)", "ENDPOINTS"]
+            print(Tables.render(allNamespaces ? header : Array(header.dropFirst()), objects.map { o in
+                let s = try? ClusterService(o)
+                let ports = (s?.ports ?? []).map { p in "\(p.port)\(p.nodePort.map { ":\($0)" } ?? "")/\(p.proto)" }.joined(separator: ",")
+                let eps = s.map { svc in svc.endpoints(from: pods).filter(\.ready).flatMap { ep in svc.ports.compactMap { ep.port(for: $0).map { "\(ep.address):\($0)" } } } } ?? []
+                let row = [o.namespace ?? "default", o.name, s?.kind.rawValue ?? "?", s?.headless == true ? "None" : (s?.clusterIPs.first?.description ?? "<pending>"),
+                           ports.isEmpty ? "<none>" : ports, eps.isEmpty ? "<none>" : eps.joined(separator: ",")]
                 return allNamespaces ? row : Array(row.dropFirst())
             }))
         case "no":

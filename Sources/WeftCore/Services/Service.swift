@@ -1,0 +1,133 @@
+/// Kubernetes Services as weft reads them: the parts of `spec` the dataplane acts on, checked
+/// with messages that name the field, the value and what is accepted.
+public struct ClusterService: Sendable, Equatable {
+    public enum Kind: String, Sendable { case clusterIP = "ClusterIP", nodePort = "NodePort", loadBalancer = "LoadBalancer", externalName = "ExternalName" }
+    public enum TargetPort: Sendable, Equatable { case number(UInt16), name(String) }
+    public struct Port: Sendable, Equatable {
+        public var name: String?
+        public var proto: String   // TCP, UDP or SCTP
+        public var port: UInt16
+        public var targetPort: TargetPort
+        public var nodePort: UInt16?
+    }
+
+    public var namespace: String
+    public var name: String
+    public var kind: Kind
+    /// Empty until allocated; `headless` services have none.
+    public var clusterIPs: [IPAddress]
+    public var headless: Bool
+    public var ports: [Port]
+    public var selector: [String: String]?
+
+    public static let nodePortRange: ClosedRange<Int> = 30000...32767
+
+    public init(_ o: KubeObject) throws(ManifestError) {
+        namespace = o.namespace ?? "default"
+        name = o.name
+        let w = "service \(namespace)/\(name)"
+        let s = o.spec
+        let typeText = s["type"]?.stringValue ?? "ClusterIP"
+        guard let k = Kind(rawValue: typeText) else {
+            throw ManifestError("\(w): spec.type \"\(typeText)\" must be ClusterIP, NodePort, LoadBalancer or ExternalName")
+        }
+        kind = k
+        let ipText = s["clusterIP"]?.stringValue ?? ""
+        headless = ipText == "None"
+        var ips: [IPAddress] = []
+        for t in (s["clusterIPs"]?.arrayValue?.compactMap(\.stringValue) ?? (ipText.isEmpty || headless ? [] : [ipText])) where t != "None" {
+            guard let a = IPAddress(t) else { throw ManifestError("\(w): spec.clusterIP \"\(t)\" is not an IP address (or \"None\" for a headless service)") }
+            ips.append(a)
+        }
+        clusterIPs = ips
+        if case .object(let sel)? = s["selector"] {
+            var m: [String: String] = [:]
+            for (key, v) in sel { m[key] = v.stringValue ?? v.serialized() }
+            selector = m
+        } else {
+            selector = nil
+        }
+        var out: [Port] = []
+        let list = s["ports"]?.arrayValue ?? []
+        if list.isEmpty && k != .externalName && !headless {
+            throw ManifestError("\(w): spec.ports is empty; a service needs at least one port")
+        }
+        for (i, p) in list.enumerated() {
+            let f = "\(w): spec.ports[\(i)]"
+            guard let port = p["port"]?.intValue, (1...65535).contains(port) else {
+                throw ManifestError("\(f).port \(p["port"]?.serialized() ?? "(missing)") must be a port number from 1 to 65535")
+            }
+            let proto = p["protocol"]?.stringValue ?? "TCP"
+            guard ["TCP", "UDP", "SCTP"].contains(proto) else { throw ManifestError("\(f).protocol \"\(proto)\" must be TCP, UDP or SCTP") }
+            let target: TargetPort
+            switch p["targetPort"] {
+            case nil: target = .number(UInt16(port))
+            case let v?:
+                if let n = v.intValue {
+                    guard (1...65535).contains(n) else { throw ManifestError("\(f).targetPort \(n) must be a port number from 1 to 65535 or a container port's name") }
+                    target = .number(UInt16(n))
+                } else if let n = v.stringValue, !n.isEmpty, n.count <= 15, n.allSatisfy({ $0.isLowercase || $0.isNumber || $0 == "-" }) {
+                    target = .name(n)
+                } else {
+                    throw ManifestError("\(f).targetPort \(v.serialized()) must be a port number or a container port's name (lowercase letters, digits and '-', at most 15)")
+                }
+            }
+            var nodePort: UInt16?
+            if let np = p["nodePort"]?.intValue {
+                guard k == .nodePort || k == .loadBalancer else { throw ManifestError("\(f).nodePort is only allowed for type NodePort or LoadBalancer") }
+                guard ClusterService.nodePortRange.contains(np) else {
+                    throw ManifestError("\(f).nodePort \(np) is outside the node port range \(ClusterService.nodePortRange.lowerBound)-\(ClusterService.nodePortRange.upperBound)")
+                }
+                nodePort = UInt16(np)
+            }
+            let pname = p["name"]?.stringValue
+            if list.count > 1 && (pname ?? "").isEmpty { throw ManifestError("\(f).name is required when a service has several ports") }
+            if out.contains(where: { $0.port == UInt16(port) && $0.proto == proto }) {
+                throw ManifestError("\(f): port \(port)/\(proto) is listed twice")
+            }
+            out.append(Port(name: pname, proto: proto, port: UInt16(port), targetPort: target, nodePort: nodePort))
+        }
+        ports = out
+    }
+}
+
+/// One backend of a service: a pod selected by it, with its address and named ports.
+public struct ServiceEndpoint: Sendable, Equatable {
+    public var pod: String
+    public var address: IPAddress
+    public var ready: Bool
+    public var nodeName: String?
+    public var namedPorts: [String: UInt16]
+
+    public init(pod: String, address: IPAddress, ready: Bool, nodeName: String?, namedPorts: [String: UInt16]) {
+        self.pod = pod; self.address = address; self.ready = ready; self.nodeName = nodeName; self.namedPorts = namedPorts
+    }
+
+    /// The pod port a service port leads to here; nil when the pod has no port of that name.
+    public func port(for p: ClusterService.Port) -> UInt16? {
+        switch p.targetPort {
+        case .number(let n): return n
+        case .name(let n): return namedPorts[n]
+        }
+    }
+}
+
+extension ClusterService {
+    /// The pods this service selects (same namespace, every selector label matching, with an
+    /// address), as EndpointSlices would list them. A service without a selector has none.
+    public func endpoints(from pods: [KubeObject]) -> [ServiceEndpoint] {
+        guard let selector, !selector.isEmpty else { return [] }
+        return pods.compactMap { p in
+            guard (p.namespace ?? "default") == namespace, selector.allSatisfy({ p.labels[$0.key] == $0.value }),
+                  let ip = p.status["podIP"]?.stringValue.flatMap(IPAddress.init) else { return nil }
+            var named: [String: UInt16] = [:]
+            for c in p.spec["containers"]?.arrayValue ?? [] {
+                for port in c["ports"]?.arrayValue ?? [] {
+                    if let n = port["name"]?.stringValue, let v = port["containerPort"]?.intValue { named[n] = UInt16(v) }
+                }
+            }
+            let ready = p.status["phase"]?.stringValue == "Running" && p.json["metadata"]?["deletionTimestamp"] == nil
+            return ServiceEndpoint(pod: p.name, address: ip, ready: ready, nodeName: p.spec["nodeName"]?.stringValue, namedPorts: named)
+        }.sorted { $0.pod < $1.pod }
+    }
+}

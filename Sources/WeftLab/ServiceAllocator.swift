@@ -1,0 +1,111 @@
+import WeftCore
+import WeftOS
+
+/// What the API server does for a Service on create: checks it, gives it a ClusterIP from the
+/// service range and a node port per port for NodePort/LoadBalancer types. Each address and
+/// node port is claimed by creating its key in the datastore (compare-and-swap), so two
+/// clients never hand out the same one.
+struct ServiceAllocator {
+    let store: any Datastore
+
+    static let ipKeys = "/weft/serviceips/"
+    static let nodePortKeys = "/weft/nodeports/"
+    /// The cluster's service range (as kube-apiserver's --service-cluster-ip-range default).
+    static let serviceCIDR = IPNetwork("10.96.0.0/16")!
+
+    /// Returns the object to store: spec.clusterIP(s) and nodePorts filled in. `existing` is
+    /// the stored version of the same service (an update keeps its allocations).
+    func allocate(_ o: KubeObject, existing: KubeObject?) async throws -> KubeObject {
+        var svc = try ClusterService(o)
+        let owner = "\(svc.namespace)/\(svc.name)"
+        let w = "service \(owner)"
+        var out = o
+        var claimed: [String] = []
+        do {
+            let old = try existing.map(ClusterService.init)
+            if svc.kind != .externalName && !svc.headless {
+                if let keep = old?.clusterIPs, !keep.isEmpty {
+                    if !svc.clusterIPs.isEmpty && svc.clusterIPs != keep {
+                        throw ManifestError("\(w): spec.clusterIP cannot change (it is \(keep.map(\.description).joined(separator: ","))); delete the service and apply it again")
+                    }
+                    svc.clusterIPs = keep
+                } else if let wanted = svc.clusterIPs.first {
+                    guard Self.serviceCIDR.contains(wanted) else {
+                        throw ManifestError("\(w): spec.clusterIP \(wanted) is outside the service range \(Self.serviceCIDR); leave it empty to get one, or pick one inside the range")
+                    }
+                    guard try await claim(Self.ipKeys + wanted.description, owner: owner) else {
+                        throw ManifestError("\(w): spec.clusterIP \(wanted) is already allocated to another service; leave it empty to get a free one")
+                    }
+                    claimed.append(Self.ipKeys + wanted.description)
+                } else {
+                    let ip = try await claimFreeIP(owner: owner)
+                    claimed.append(Self.ipKeys + ip.description)
+                    svc.clusterIPs = [ip]
+                }
+            }
+            var ports = o.spec["ports"]?.arrayValue ?? []
+            if svc.kind == .nodePort || svc.kind == .loadBalancer {
+                for (i, p) in svc.ports.enumerated() {
+                    let kept = old?.ports.first { $0.port == p.port && $0.proto == p.proto }?.nodePort
+                    var np = p.nodePort ?? kept
+                    if let n = np, n != kept {
+                        guard try await claim(Self.nodePortKeys + "\(p.proto.lowercased())-\(n)", owner: owner) else {
+                            throw ManifestError("\(w): spec.ports[\(i)].nodePort \(n) is already used by another service; leave it out to get a free one")
+                        }
+                        claimed.append(Self.nodePortKeys + "\(p.proto.lowercased())-\(n)")
+                    } else if np == nil {
+                        np = try await claimFreeNodePort(proto: p.proto, owner: owner)
+                        claimed.append(Self.nodePortKeys + "\(p.proto.lowercased())-\(np!)")
+                    }
+                    ports[i] = ports[i].setting("nodePort", to: .number(Double(np!)))
+                }
+            }
+            var spec = out.spec
+            if !svc.clusterIPs.isEmpty {
+                spec = spec.setting("clusterIP", to: .string(svc.clusterIPs[0].description))
+                    .setting("clusterIPs", to: .array(svc.clusterIPs.map { .string($0.description) }))
+            }
+            spec = spec.setting("ports", to: .array(ports)).setting("type", to: .string(svc.kind.rawValue))
+            out.json = out.json.setting("spec", to: spec)
+            return out
+        } catch {
+            for key in claimed { try? await store.delete(key, expectedRevision: nil) }
+            throw error
+        }
+    }
+
+    /// Gives back a deleted service's address and node ports.
+    func release(_ o: KubeObject) async throws {
+        guard let svc = try? ClusterService(o) else { return }
+        for ip in svc.clusterIPs { try await store.delete(Self.ipKeys + ip.description, expectedRevision: nil) }
+        for p in svc.ports { if let n = p.nodePort { try await store.delete(Self.nodePortKeys + "\(p.proto.lowercased())-\(n)", expectedRevision: nil) } }
+    }
+
+    private func claim(_ key: String, owner: String) async throws -> Bool {
+        do {
+            try await store.create(key, value: Array(owner.utf8))
+            return true
+        } catch DatastoreError.conflict {
+            return try await store.get(key).map { String(decoding: $0.value, as: UTF8.self) == owner } ?? false
+        }
+    }
+
+    /// The lowest free address from .16 on (the first ones are left for well-known services,
+    /// as Kubernetes keeps .1 for the API and .10 for DNS).
+    private func claimFreeIP(owner: String) async throws -> IPAddress {
+        var candidate = Self.serviceCIDR.first.advanced(by: 16)
+        while let ip = candidate, Self.serviceCIDR.contains(ip), ip != Self.serviceCIDR.last {
+            if try await claim(Self.ipKeys + ip.description, owner: owner) { return ip }
+            candidate = ip.advanced(by: 1)
+        }
+        throw ManifestError("service \(owner): the service range \(Self.serviceCIDR) has no free address left; delete unused services")
+    }
+
+    private func claimFreeNodePort(proto: String, owner: String) async throws -> UInt16 {
+        let taken = Set(try await store.list(prefix: Self.nodePortKeys).items.map { String($0.key.dropFirst(Self.nodePortKeys.count)) })
+        for n in ClusterService.nodePortRange where !taken.contains("\(proto.lowercased())-\(n)") {
+            if try await claim(Self.nodePortKeys + "\(proto.lowercased())-\(n)", owner: owner) { return UInt16(n) }
+        }
+        throw ManifestError("service \(owner): no free node port left in \(ClusterService.nodePortRange.lowerBound)-\(ClusterService.nodePortRange.upperBound)")
+    }
+}

@@ -1,0 +1,74 @@
+import Testing
+import WeftCore
+
+struct ServiceTests {
+    static func service(_ spec: String, name: String = "web") throws -> ClusterService {
+        let j = try JSONValue.parse(Array(#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"\#(name)","namespace":"default"},"spec":\#(spec)}"#.utf8))
+        return try ClusterService(KubeObject(json: j))
+    }
+
+    static func pod(_ name: String, ip: String, labels: String = #"{"app":"web"}"#, phase: String = "Running", node: String = "node0") throws -> KubeObject {
+        let j = try JSONValue.parse(Array(#"""
+        {"apiVersion":"v1","kind":"Pod","metadata":{"name":"\#(name)","namespace":"default","labels":\#(labels)},
+         "spec":{"nodeName":"\#(node)","containers":[{"name":"c","ports":[{"name":"http","containerPort":8080}]}]},
+         "status":{"phase":"\#(phase)","podIP":"\#(ip)"}}
+        """#.utf8))
+        return KubeObject(json: j)
+    }
+
+    @Test func parsesPortsTargetsAndSelector() throws {
+        let s = try Self.service(#"{"type":"NodePort","selector":{"app":"web"},"ports":[{"name":"http","port":80,"targetPort":"http","nodePort":30080},{"name":"dns","port":53,"protocol":"UDP","targetPort":5353}]}"#)
+        #expect(s.kind == .nodePort)
+        #expect(s.selector == ["app": "web"])
+        #expect(s.ports.map(\.port) == [80, 53])
+        #expect(s.ports[0].targetPort == .name("http") && s.ports[0].nodePort == 30080)
+        #expect(s.ports[1].proto == "UDP" && s.ports[1].targetPort == .number(5353))
+        #expect(try Self.service(#"{"clusterIP":"None","selector":{"app":"web"}}"#).headless)
+    }
+
+    @Test(arguments: [
+        (#"{"ports":[{"port":70000}]}"#, "port 70000 must be a port number from 1 to 65535"),
+        (#"{"ports":[{"port":80,"protocol":"ICMP"}]}"#, "protocol \"ICMP\" must be TCP, UDP or SCTP"),
+        (#"{"type":"NodePort","ports":[{"port":80,"nodePort":80}]}"#, "nodePort 80 is outside the node port range 30000-32767"),
+        (#"{"ports":[{"port":80,"nodePort":30001}]}"#, "nodePort is only allowed for type NodePort or LoadBalancer"),
+        (#"{"ports":[{"port":80,"targetPort":"Not_A_Name"}]}"#, "must be a port number or a container port's name"),
+        (#"{"type":"Magic","ports":[{"port":80}]}"#, "spec.type \"Magic\" must be ClusterIP"),
+        (#"{"clusterIP":"10.96.0.300","ports":[{"port":80}]}"#, "spec.clusterIP \"10.96.0.300\" is not an IP address"),
+        (#"{"ports":[]}"#, "spec.ports is empty"),
+        (#"{"ports":[{"name":"a","port":80},{"port":81}]}"#, "spec.ports[1].name is required"),
+    ])
+    func refusesBadSpecs(spec: String, says: String) {
+        do {
+            _ = try Self.service(spec)
+            Issue.record("accepted \(spec)")
+        } catch {
+            #expect("\(error)".contains(says), "\(error)")
+        }
+    }
+
+    @Test func endpointsAreSelectedPodsWithAddressesAndReadiness() throws {
+        let s = try Self.service(#"{"selector":{"app":"web"},"ports":[{"port":80,"targetPort":"http"}]}"#)
+        let pods = [try Self.pod("a", ip: "10.244.0.5"), try Self.pod("b", ip: "10.244.1.5", phase: "Pending"),
+                    try Self.pod("other", ip: "10.244.0.6", labels: #"{"app":"db"}"#)]
+        let eps = s.endpoints(from: pods)
+        #expect(eps.map(\.pod) == ["a", "b"])
+        #expect(eps.map(\.ready) == [true, false])
+        #expect(eps[0].port(for: s.ports[0]) == 8080)
+    }
+
+    @Test func rulesSendVIPsToEndpointsAndRejectWithoutEndpoints() throws {
+        var web = try Self.service(#"{"type":"NodePort","selector":{"app":"web"},"ports":[{"port":80,"targetPort":"http","nodePort":30080}]}"#)
+        web.clusterIPs = [ip("10.96.0.20")]
+        var empty = try Self.service(#"{"selector":{"app":"none"},"ports":[{"port":80}]}"#, name: "empty")
+        empty.clusterIPs = [ip("10.96.0.21")]
+        let pods = [try Self.pod("a", ip: "10.244.0.5"), try Self.pod("b", ip: "10.244.1.5")]
+        let script = ServiceRules.script([.init(service: web, endpoints: web.endpoints(from: pods)),
+                                          .init(service: empty, endpoints: empty.endpoints(from: pods))])
+        #expect(script.contains("add element inet weft-services service-ips { 10.96.0.20 . tcp . 80 : goto svc-default/web/tcp/80 }"))
+        #expect(script.contains("numgen random mod 2 vmap"))
+        #expect(script.contains("dnat ip to 10.244.0.5:8080") && script.contains("dnat ip to 10.244.1.5:8080"))
+        #expect(script.contains("service-nodeports { tcp . 30080 : goto svc-default/web/tcp/80/nodeport }"))
+        #expect(script.contains("no-endpoint-services { 10.96.0.21 . tcp . 80 : goto reject-chain }"))
+        #expect(!script.contains("svc-default/empty"), "no chain for a service without endpoints")
+    }
+}

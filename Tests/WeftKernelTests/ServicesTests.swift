@@ -1,0 +1,127 @@
+import Foundation
+import Testing
+import WeftCore
+import WeftOS
+
+/// Services on a 2-node lab: ClusterIPs load-balance over endpoints on both nodes from pods and
+/// from nodes, NodePorts answer on every node address from the host network, a pod reaches
+/// itself through its service, a service without endpoints refuses at once, and bad
+/// Services are refused with nothing running disturbed.
+@Suite(.serialized, .enabled(if: isRoot, "needs root to create network namespaces"))
+struct ServicesTests {
+    static let manifest = """
+    apiVersion: v1
+    kind: Pod
+    metadata: {name: web-a, labels: {app: web}}
+    spec: {nodeName: node0, containers: [{name: web, image: agnhost, ports: [{containerPort: 8080, name: http}]}]}
+    ---
+    apiVersion: v1
+    kind: Pod
+    metadata: {name: web-b, labels: {app: web}}
+    spec: {nodeName: node1, containers: [{name: web, image: agnhost, ports: [{containerPort: 8080, name: http}]}]}
+    ---
+    apiVersion: v1
+    kind: Pod
+    metadata: {name: client}
+    spec: {nodeName: node0, containers: [{name: c, image: agnhost}]}
+    ---
+    apiVersion: v1
+    kind: Service
+    metadata: {name: web}
+    spec:
+      type: NodePort
+      selector: {app: web}
+      ports: [{name: http, port: 80, targetPort: http, nodePort: 30080}]
+    ---
+    apiVersion: v1
+    kind: Service
+    metadata: {name: empty}
+    spec:
+      selector: {app: nothing}
+      ports: [{port: 80}]
+    """
+
+    func probe(_ ns: String, _ target: String) throws -> CommandResult {
+        try sh(["ip", "netns", "exec", ns, product("weft"), "probe", target, "--timeout", "3000"])
+    }
+
+    /// Asks `tries` times; returns who answered and from which source address the server saw.
+    func answers(_ ns: String, _ target: String, tries: Int = 30) throws -> [String] {
+        try (0..<tries).map { _ in try probe(ns, target).stdout.trimmingCharacters(in: .whitespacesAndNewlines) }
+    }
+
+    @Test("ClusterIP, NodePort, hairpin and no-endpoint reject, from pods, nodes and the host network")
+    func servicesWork() throws {
+        let lab = try MultiNodeTests.TestLab(nodes: 2, mode: "native")
+        let apply = try lab.run(["apply", "-f", "-"], stdin: Self.manifest)
+        try #require(apply.status == 0, "\(apply.stdout)\(apply.stderr)")
+        let svcs = try #require(try lab.run(["get", "services", "-o", "json"]).json?["items"]?.arrayValue)
+        let web = try #require(svcs.first { $0["metadata"]?["name"]?.stringValue == "web" })
+        let vip = try #require(web["spec"]?["clusterIP"]?.stringValue)
+        let emptyVIP = try #require(svcs.first { $0["metadata"]?["name"]?.stringValue == "empty" }?["spec"]?["clusterIP"]?.stringValue)
+        #expect(IPNetwork("10.96.0.0/16")!.contains(IPAddress(vip)!), "ClusterIP \(vip) from the service range")
+        let pods = try #require(try lab.run(["get", "pods", "-o", "json"]).json?["items"]?.arrayValue)
+        func podIP(_ n: String) -> String? { pods.first { $0["metadata"]?["name"]?.stringValue == n }?["status"]?["podIP"]?.stringValue }
+        let clientIP = try #require(podIP("client"))
+
+        // The agents program the table shortly after the apply; wait for the first answer.
+        var first = ""
+        for _ in 0..<50 where !first.hasPrefix("web-") { first = (try? probe(lab.podNS("default", "client"), "\(vip):80").stdout) ?? ""; if !first.hasPrefix("web-") { usleep(100_000) } }
+        try #require(first.hasPrefix("web-"), "the ClusterIP answers: \(first)")
+
+        // From a pod: both endpoints (one per node) answer, and they see the client's own address.
+        let fromPod = try answers(lab.podNS("default", "client"), "\(vip):80")
+        #expect(Set(fromPod.map { $0.split(separator: " ")[0] }) == ["web-a", "web-b"], "load-balanced over both nodes: \(fromPod)")
+        #expect(fromPod.allSatisfy { $0.hasSuffix(" \(clientIP)") }, "pod-to-service keeps the source address: \(fromPod)")
+        // From a node's own network namespace.
+        #expect(try answers(lab.nodeNS(1), "\(vip):80", tries: 5).allSatisfy { $0.hasPrefix("web-") })
+        // NodePort on both node addresses, from the host network (outside the cluster).
+        for nodeIP in ["192.168.100.11", "192.168.100.12"] {
+            let r = try answers("wl-\(lab.name)-net", "\(nodeIP):30080", tries: 5)
+            #expect(r.allSatisfy { $0.hasPrefix("web-") }, "NodePort on \(nodeIP): \(r)")
+        }
+        // Hairpin: an endpoint reaches itself through its own service.
+        let hairpin = try answers(lab.podNS("default", "web-a"), "\(vip):80", tries: 20)
+        #expect(hairpin.allSatisfy { $0.hasPrefix("web-") }, "\(hairpin)")
+        #expect(hairpin.contains { $0.hasPrefix("web-a") }, "reached itself at least once in 20: \(hairpin)")
+        // No endpoints: refused, not a timeout.
+        let refused = try probe(lab.podNS("default", "client"), "\(emptyVIP):80")
+        #expect(refused.status != 0 && refused.stderr.contains("refused"), "\(refused.stderr)")
+
+        // An endpoint goes away: the service keeps answering from the other one.
+        let del = try lab.run(["delete", "-f", "-"], stdin: "apiVersion: v1\nkind: Pod\nmetadata: {name: web-b}\n")
+        #expect(del.status == 0)
+        var onlyA = false
+        for _ in 0..<50 where !onlyA {
+            onlyA = try answers(lab.podNS("default", "client"), "\(vip):80", tries: 6).allSatisfy { $0.hasPrefix("web-a") }
+            if !onlyA { usleep(100_000) }
+        }
+        #expect(onlyA, "after web-b's deletion only web-a answers")
+    }
+
+    @Test("bad Services: a taken NodePort or ClusterIP, one outside the range, bad ports; nothing running disturbed")
+    func badServices() throws {
+        let lab = try MultiNodeTests.TestLab(nodes: 1, mode: "native")
+        try #require(try lab.run(["apply", "-f", "-"], stdin: Self.manifest.replacingOccurrences(of: "nodeName: node1", with: "nodeName: node0")).status == 0)
+        let vip = try #require(try lab.run(["get", "services", "-o", "json"]).json?["items"]?.arrayValue?
+            .first { $0["metadata"]?["name"]?.stringValue == "web" }?["spec"]?["clusterIP"]?.stringValue)
+        let cases: [(String, String)] = [
+            ("{type: NodePort, selector: {app: web}, ports: [{port: 81, nodePort: 30080}]}", "nodePort 30080 is already used by another service"),
+            ("{clusterIP: \(vip), selector: {app: web}, ports: [{port: 80}]}", "spec.clusterIP \(vip) is already allocated to another service"),
+            ("{clusterIP: 10.200.0.1, ports: [{port: 80}]}", "spec.clusterIP 10.200.0.1 is outside the service range 10.96.0.0/16"),
+            ("{ports: [{port: 0}]}", "must be a port number from 1 to 65535"),
+            ("{ports: [{port: 80, protocol: ICMP}]}", "protocol \"ICMP\" must be TCP, UDP or SCTP"),
+            ("{type: NodePort, ports: [{port: 80, nodePort: 99}]}", "outside the node port range 30000-32767"),
+        ]
+        for (spec, message) in cases {
+            let r = try lab.run(["apply", "-f", "-"], stdin: "apiVersion: v1\nkind: Service\nmetadata: {name: bad}\nspec: \(spec)\n")
+            #expect(r.status != 0, "\(spec) accepted")
+            #expect(r.stderr.contains(message), "\(spec): \(r.stderr)")
+        }
+        #expect(try lab.run(["get", "services", "-o", "json"]).json?["items"]?.arrayValue?.count == 2, "no half-made service stored")
+        // The running service still answers.
+        var ok = false
+        for _ in 0..<50 where !ok { ok = ((try? probe(lab.podNS("default", "client"), "\(vip):80").stdout) ?? "").hasPrefix("web-"); if !ok { usleep(100_000) } }
+        #expect(ok)
+    }
+}
