@@ -16,5 +16,6 @@ $weft lab up --name demo --nodes 3 "$@"
 $weft apply --lab demo -f examples/pods.yaml
 echo; $weft get pods -A -o wide --lab demo
 echo; $weft get nodes --lab demo
+echo; $weft get services -A --lab demo
 echo; $weft connectivity --lab demo
 echo; $weft lab routes --lab demo
