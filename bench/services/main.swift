@@ -1,0 +1,75 @@
+// weft-bench-services: the services table at scale. For 100, 1,000 and 10,000 services of 10
+// endpoints each: how long the agent takes to render and apply the whole table (a full sync),
+// how long one endpoint's change takes to reach the kernel (render + apply, as the agent does
+// it today: the whole table in one transaction), and the process's memory. Runs nft in a
+// throwaway network namespace; never touches the root namespace.
+import Foundation
+import WeftCore
+import WeftOS
+
+/// Unbuffered, so a run stopped part-way still shows the sizes it finished.
+func say(_ s: String) { FileHandle.standardOutput.write(Data((s + "\n").utf8)) }
+func ms(_ d: Duration) -> Double { Double(d.components.seconds) * 1000 + Double(d.components.attoseconds) / 1e15 }
+func percentile(_ xs: [Double], _ p: Double) -> Double {
+    let s = xs.sorted()
+    return s[min(s.count - 1, Int((Double(s.count) * p).rounded(.up)) - 1)]
+}
+func rssMiB() -> Double {
+    let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+    let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+    return (Double(line.split(separator: " ").dropFirst().first ?? "0") ?? 0) / 1024
+}
+
+func entries(_ n: Int, shift: Int = 0) throws -> [ServiceRules.Entry] {
+    try (0..<n).map { i in
+        let spec = #"{"apiVersion":"v1","kind":"Service","metadata":{"name":"s\#(i)","namespace":"bench"},"spec":{"selector":{"app":"s\#(i)"},"ports":[{"port":80,"targetPort":8080}]}}"#
+        var svc = try ClusterService(KubeObject(json: JSONValue.parse(spec)))
+        svc.clusterIPs = [IPAddress(family: .v4, value: UInt128(0x0A60_0000 + 16 + i))]   // 10.96.0.16 + i
+        let eps = (0..<10).map { e in
+            ServiceEndpoint(pod: "s\(i)-\(e)", address: IPAddress(family: .v4, value: UInt128(0x0AF4_0000 + i * 16 + e + (i == 0 ? shift : 0))),
+                            ready: true, nodeName: "node0", namedPorts: [:])
+        }
+        return ServiceRules.Entry(service: svc, endpoints: eps)
+    }
+}
+
+extension Subprocess {
+    static func runOK(_ argv: [String]) -> Bool {
+        (try? run(argv[0], arguments: Array(argv.dropFirst()), environment: ["PATH": "/usr/sbin:/usr/bin:/sbin:/bin"], stdin: []).status) == 0
+    }
+}
+
+let counts = CommandLine.arguments.dropFirst().compactMap { Int($0) }
+let sizes = counts.isEmpty ? [100, 1000, 10000] : counts
+let ns = "wbs\(getpid())"
+guard Subprocess.runOK(["/usr/sbin/ip", "netns", "add", ns]) else { fatalError("ip netns add \(ns) failed (root needed)") }
+defer { _ = Subprocess.runOK(["/usr/sbin/ip", "netns", "del", ns]) }
+let netns = try NetworkNamespace(path: "/run/netns/\(ns)")
+let clock = ContinuousClock()
+
+say("weft-bench-services — \(Date()) — \(ProcessInfo.processInfo.activeProcessorCount) CPUs")
+say("| services × endpoints | script | render | full sync (apply) | one-endpoint change p50 / p99 (render + apply) | RSS after |")
+say("| --- | --- | --- | --- | --- | --- |")
+for n in sizes {
+    let base = try entries(n)
+    var script = ""
+    let render = clock.measure { script = ServiceRules.script(base) }
+    let nft = LibNFTables()
+    let apply = try clock.measure { try netns.run { () throws(NFTablesError) in try nft.run(script) } }
+    var changes: [Double] = []
+    let rounds = n >= 10000 ? 4 : 21   // a 10,000-service replace takes tens of seconds today
+    for k in 1...rounds {
+        let changed = try entries(n, shift: 1000 + k)   // service 0's endpoints move
+        let d = try clock.measure {
+            let s = ServiceRules.script(changed)
+            try netns.run { () throws(NFTablesError) in try nft.run(s) }
+        }
+        if k > 1 { changes.append(ms(d)) }
+    }
+    // A check that the kernel holds what was sent: the map has n entries.
+    let listed = try netns.run { () throws(NFTablesError) in try nft.list(table: ServiceRules.table, family: "inet") } ?? ""
+    let elements = listed.components(separatedBy: ". tcp . 80 : goto").count - 1
+    guard elements == n else { fatalError("expected \(n) service-ips elements, the kernel lists \(elements)") }
+    say(String(format: "| %d × 10 | %.1f MB | %.0f ms | %.0f ms | %.0f / %.0f ms | %.0f MiB |", n, Double(script.utf8.count) / 1e6, ms(render), ms(apply),
+                 percentile(changes, 0.5), percentile(changes, 0.99), rssMiB()))
+}
