@@ -4,13 +4,15 @@ import WeftOS
 
 /// The agent's kube-proxy: follows Services and Pods in the datastore and keeps the node's
 /// `inet weft-services` table equal to what they describe. Level-based: each change (bursts
-/// coalesce) recomputes the whole table from the datastore; an unchanged result is not
-/// written again, except at the periodic resync, which repairs drift. Replacing the table is
-/// one transaction and leaves conntrack alone, so established connections keep their NAT.
+/// coalesce) recomputes the desired model from the datastore and writes only the difference
+/// from what was last written (a changed endpoint touches its service's chains and elements).
+/// At start, after a failed update, and every `resyncSeconds` the whole table is replaced in
+/// one transaction, which repairs any drift. Neither touches conntrack, so established
+/// connections keep their NAT across updates and agent restarts.
 struct ServiceProxy: Sendable {
     let store: any Datastore
     let logger: Logger
-    var resyncSeconds: Double = 30
+    var resyncSeconds: Double = 300
 
     func run() async throws {
         let (changes, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
@@ -45,8 +47,8 @@ struct ServiceProxy: Sendable {
 
     private func apply(_ changes: AsyncStream<Void>) async throws {
         let nft = LibNFTables()
-        var applied: String?
-        var lastWrite = ContinuousClock.now
+        var applied: ServiceRules.Model?
+        var lastFull = ContinuousClock.now
         for await _ in changes {
             do {
                 let services = try await store.list(prefix: Keys.services).items.compactMap { try? KubeObject(bytes: $0.value) }
@@ -59,18 +61,28 @@ struct ServiceProxy: Sendable {
                     }
                     entries.append(.init(service: s, endpoints: s.endpoints(from: pods)))
                 }
-                let script = ServiceRules.script(entries)
-                let due = ContinuousClock.now - lastWrite >= .milliseconds(Int(resyncSeconds * 1000))
-                if script != applied || due {
-                    try nft.run(script)
-                    if script != applied {
-                        logger.info("services programmed", metadata: ["services": "\(entries.count)",
-                                                                     "endpoints": "\(entries.reduce(0) { $0 + $1.endpoints.filter(\.ready).count })"])
+                let want = ServiceRules.model(entries)
+                let due = ContinuousClock.now - lastFull >= .milliseconds(Int(resyncSeconds * 1000))
+                let meta: Logger.Metadata = ["services": "\(entries.count)", "endpoints": "\(entries.reduce(0) { $0 + $1.endpoints.filter(\.ready).count })"]
+                if let have = applied, !due {
+                    guard let (update, cleanup) = ServiceRules.updateScripts(from: have, to: want) else { continue }
+                    do {
+                        applied = nil // unknown until both transactions went through
+                        if !update.isEmpty { try nft.run(update) }
+                        if !cleanup.isEmpty { try nft.run(cleanup) }
+                        applied = want
+                        logger.info("services updated", metadata: meta)
+                        continue
+                    } catch {
+                        logger.warning("incremental services update failed; replacing the table", metadata: ["error": "\(error)"])
                     }
-                    applied = script
-                    lastWrite = ContinuousClock.now
                 }
+                try nft.run(ServiceRules.fullScript(want))
+                applied = want
+                lastFull = ContinuousClock.now
+                logger.info("services programmed (full sync)", metadata: meta)
             } catch {
+                applied = nil
                 logger.error("programming services failed; retrying at the next change or resync", metadata: ["error": "\(error)"])
             }
         }

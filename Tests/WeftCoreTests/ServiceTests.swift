@@ -71,4 +71,31 @@ struct ServiceTests {
         #expect(script.contains("no-endpoint-services { 10.96.0.21 . tcp . 80 : goto reject-chain }"))
         #expect(!script.contains("svc-default/empty"), "no chain for a service without endpoints")
     }
+
+    @Test func oneEndpointChangeTouchesOnlyItsService() throws {
+        var web = try Self.service(#"{"selector":{"app":"web"},"ports":[{"port":80,"targetPort":"http"}]}"#)
+        web.clusterIPs = [ip("10.96.0.20")]
+        var db = try Self.service(#"{"selector":{"app":"db"},"ports":[{"port":5432,"targetPort":8080}]}"#, name: "db")
+        db.clusterIPs = [ip("10.96.0.30")]
+        let dbPod = try Self.pod("d", ip: "10.244.2.9", labels: #"{"app":"db"}"#)
+        let two = [try Self.pod("a", ip: "10.244.0.5"), try Self.pod("b", ip: "10.244.1.5"), dbPod]
+        let one = [try Self.pod("a", ip: "10.244.0.5"), dbPod]
+        func model(_ pods: [KubeObject]) -> ServiceRules.Model {
+            ServiceRules.model([.init(service: web, endpoints: web.endpoints(from: pods)), .init(service: db, endpoints: db.endpoints(from: pods))])
+        }
+        let (update, cleanup) = try #require(ServiceRules.updateScripts(from: model(two), to: model(one)))
+        #expect(update == """
+            flush chain inet weft-services svc-default/web/tcp/80
+            add rule inet weft-services svc-default/web/tcp/80 numgen random mod 1 vmap { 0 : goto svc-default/web/tcp/80/ep/10.244.0.5/8080 }
+            flush chain inet weft-services svc-default/web/tcp/80/ep/10.244.1.5/8080
+
+            """)
+        #expect(cleanup == "delete chain inet weft-services svc-default/web/tcp/80/ep/10.244.1.5/8080\n")
+        #expect(ServiceRules.updateScripts(from: model(one), to: model(one)) == nil)
+        // The last endpoint goes: the VIP moves from the service map to the reject map.
+        let (gone, _) = try #require(ServiceRules.updateScripts(from: model(one), to: model([dbPod])))
+        #expect(gone.contains("delete element inet weft-services service-ips { 10.96.0.20 . tcp . 80 }"))
+        #expect(gone.contains("add element inet weft-services no-endpoint-services { 10.96.0.20 . tcp . 80 : goto reject-chain }"))
+        #expect(!gone.contains("db"))
+    }
 }

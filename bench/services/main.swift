@@ -1,7 +1,7 @@
 // weft-bench-services: the services table at scale. For 100, 1,000 and 10,000 services of 10
 // endpoints each: how long the agent takes to render and apply the whole table (a full sync),
-// how long one endpoint's change takes to reach the kernel (render + apply, as the agent does
-// it today: the whole table in one transaction), and the process's memory. Runs nft in a
+// how long one endpoint's change takes to reach the kernel (model diff + the update
+// transactions, as the agent does it), and the process's memory. Runs nft in a
 // throwaway network namespace; never touches the root namespace.
 import Foundation
 import WeftCore
@@ -48,21 +48,29 @@ let netns = try NetworkNamespace(path: "/run/netns/\(ns)")
 let clock = ContinuousClock()
 
 say("weft-bench-services — \(Date()) — \(ProcessInfo.processInfo.activeProcessorCount) CPUs")
-say("| services × endpoints | script | render | full sync (apply) | one-endpoint change p50 / p99 (render + apply) | RSS after |")
+say("| services × endpoints | script | render | full sync (apply) | one-endpoint change p50 / p99 (diff + apply) | RSS after |")
 say("| --- | --- | --- | --- | --- | --- |")
 for n in sizes {
     let base = try entries(n)
     var script = ""
-    let render = clock.measure { script = ServiceRules.script(base) }
+    let render = clock.measure { script = ServiceRules.script(base) }   // model + full script
     let nft = LibNFTables()
     let apply = try clock.measure { try netns.run { () throws(NFTablesError) in try nft.run(script) } }
+    // One endpoint of one service moves, as the agent applies it: diff the models, write the
+    // update and the clean-up.
     var changes: [Double] = []
-    let rounds = n >= 10000 ? 4 : 21   // a 10,000-service replace takes tens of seconds today
-    for k in 1...rounds {
-        let changed = try entries(n, shift: 1000 + k)   // service 0's endpoints move
+    var have = ServiceRules.model(base)
+    for k in 1...21 {
+        let changed = try entries(n, shift: 1000 + k)   // service 0's first endpoint moves
         let d = try clock.measure {
-            let s = ServiceRules.script(changed)
-            try netns.run { () throws(NFTablesError) in try nft.run(s) }
+            let want = ServiceRules.model(changed)
+            if let (u, c) = ServiceRules.updateScripts(from: have, to: want) {
+                try netns.run { () throws(NFTablesError) in
+                    if !u.isEmpty { try nft.run(u) }
+                    if !c.isEmpty { try nft.run(c) }
+                }
+            }
+            have = want
         }
         if k > 1 { changes.append(ms(d)) }
     }

@@ -29,7 +29,61 @@ public enum ServiceRules {
         "svc-\(s.namespace)/\(s.name)/\(proto(p.proto))/\(p.port)"
     }
 
-    public static func script(_ entries: [Entry]) -> String {
+    /// What the table holds beyond its fixed part: the per-service and per-endpoint chains
+    /// (name → rules, in order) and the elements of each map (map → key → verdict).
+    public struct Model: Sendable, Equatable {
+        public var chains: [String: [String]] = [:]
+        public var elements: [String: [String: String]] = [:]
+        public init() {}
+    }
+
+    public static func model(_ entries: [Entry]) -> Model {
+        var m = Model()
+        func element(_ map: String, _ key: String, _ verdict: String) { m.elements[map, default: [:]][key] = verdict }
+        for e in entries {
+            let svc = e.service
+            guard !svc.headless, svc.kind != .externalName else { continue }
+            for p in svc.ports {
+                let c = chainName(svc, p)
+                let l4 = proto(p.proto)
+                // Ready endpoints that serve this port, of a family the service has an address in.
+                let backends = e.endpoints.compactMap { ep in ep.port(for: p).map { (ep, $0) } }
+                    .filter { b in b.0.ready && svc.clusterIPs.contains { $0.family == b.0.address.family } }
+                if backends.isEmpty {
+                    for ip in svc.clusterIPs {
+                        element(ip.family == .v4 ? "no-endpoint-services" : "no-endpoint-services6", "\(ip) . \(l4) . \(p.port)", "goto reject-chain")
+                    }
+                    if let np = p.nodePort { element("no-endpoint-nodeports", "\(l4) . \(np)", "goto reject-chain") }
+                    continue
+                }
+                var arms: [String] = []
+                for (i, (ep, port)) in backends.enumerated() {
+                    // Named by address and port, so an endpoint keeps its chain while others come and go.
+                    let ec = "\(c)/ep/\(ep.address.description.replacingColons())/\(port)"
+                    let fam = ep.address.family == .v4 ? "ip" : "ip6"
+                    let dest = ep.address.family == .v4 ? "\(ep.address):\(port)" : "[\(ep.address)]:\(port)"
+                    m.chains[ec] = ["\(fam) saddr \(ep.address) jump mark-for-masquerade", "meta l4proto \(l4) dnat \(fam) to \(dest)"]
+                    arms.append("\(i) : goto \(ec)")
+                }
+                m.chains[c] = ["numgen random mod \(backends.count) vmap { \(arms.joined(separator: ", ")) }"]
+                for ip in svc.clusterIPs {
+                    element(ip.family == .v4 ? "service-ips" : "service-ips6", "\(ip) . \(l4) . \(p.port)", "goto \(c)")
+                }
+                if let np = p.nodePort {
+                    // Traffic from outside comes back through this node only if masqueraded
+                    // (externalTrafficPolicy: Cluster).
+                    m.chains["\(c)/nodeport"] = ["jump mark-for-masquerade", "goto \(c)"]
+                    element("service-nodeports", "\(l4) . \(np)", "goto \(c)/nodeport")
+                }
+            }
+        }
+        return m
+    }
+
+    /// The whole table, replacing whatever is there, in one transaction.
+    public static func script(_ entries: [Entry]) -> String { fullScript(model(entries)) }
+
+    public static func fullScript(_ m: Model) -> String {
         let t = "inet \(table)"
         var s = """
         add table \(t)
@@ -66,55 +120,44 @@ public enum ServiceRules {
             s += "add chain \(t) filter-\(hook) { type filter hook \(hook) priority -110 ; }\n"
             s += "add rule \(t) filter-\(hook) ct state new jump endpoints-check\n"
         }
-        for e in entries.sorted(by: { ($0.service.namespace, $0.service.name) < ($1.service.namespace, $1.service.name) }) {
-            let svc = e.service
-            guard !svc.headless, svc.kind != .externalName else { continue }
-            for p in svc.ports {
-                let c = chainName(svc, p)
-                let l4 = proto(p.proto)
-                // Ready endpoints; terminating or unready ones only when none is ready (as
-                // Kubernetes falls back), and only those that serve this port.
-                let serving = e.endpoints.compactMap { ep in ep.port(for: p).map { (ep, $0) } }
-                let ready = serving.filter { $0.0.ready }
-                var backends: [(ServiceEndpoint, UInt16)] = ready.isEmpty ? [] : ready
-                backends = backends.filter { b in svc.clusterIPs.contains { $0.family == b.0.address.family } }
-                if backends.isEmpty {
-                    for ip in svc.clusterIPs {
-                        s += "add element \(t) \(ip.family == .v4 ? "no-endpoint-services" : "no-endpoint-services6") { \(ip) . \(l4) . \(p.port) : goto reject-chain }\n"
-                    }
-                    if let np = p.nodePort { s += "add element \(t) no-endpoint-nodeports { \(l4) . \(np) : goto reject-chain }\n" }
-                    continue
-                }
-                s += "add chain \(t) \(quoted(c))\n"
-                var arms: [String] = []
-                for (i, (ep, port)) in backends.enumerated() {
-                    let ec = "\(c)/ep\(i)"
-                    let fam = ep.address.family == .v4 ? "ip" : "ip6"
-                    let dest = ep.address.family == .v4 ? "\(ep.address):\(port)" : "[\(ep.address)]:\(port)"
-                    s += "add chain \(t) \(quoted(ec))\n"
-                    s += "add rule \(t) \(quoted(ec)) \(fam) saddr \(ep.address) jump mark-for-masquerade\n"
-                    s += "add rule \(t) \(quoted(ec)) meta l4proto \(l4) dnat \(fam) to \(dest)\n"
-                    arms.append("\(i) : goto \(quoted(ec))")
-                }
-                s += "add rule \(t) \(quoted(c)) numgen random mod \(backends.count) vmap { \(arms.joined(separator: ", ")) }\n"
-                for ip in svc.clusterIPs {
-                    s += "add element \(t) \(ip.family == .v4 ? "service-ips" : "service-ips6") { \(ip) . \(l4) . \(p.port) : goto \(quoted(c)) }\n"
-                }
-                if let np = p.nodePort {
-                    // Traffic from outside comes back through this node only if masqueraded
-                    // (externalTrafficPolicy: Cluster).
-                    let nc = "\(c)/nodeport"
-                    s += "add chain \(t) \(quoted(nc))\n"
-                    s += "add rule \(t) \(quoted(nc)) jump mark-for-masquerade\n"
-                    s += "add rule \(t) \(quoted(nc)) goto \(quoted(c))\n"
-                    s += "add element \(t) service-nodeports { \(l4) . \(np) : goto \(quoted(nc)) }\n"
-                }
-            }
+        for name in m.chains.keys.sorted() { s += "add chain \(t) \(name)\n" }
+        for name in m.chains.keys.sorted() { for r in m.chains[name]! { s += "add rule \(t) \(name) \(r)\n" } }
+        for map in m.elements.keys.sorted() {
+            for (k, v) in m.elements[map]!.sorted(by: { $0.key < $1.key }) { s += "add element \(t) \(map) { \(k) : \(v) }\n" }
         }
         return s
     }
 
-    /// Chain names are identifiers (letters, digits, `-`, `_`, `/`, `.`), which Kubernetes
-    /// names and the numbers used here always are.
-    static func quoted(_ name: String) -> String { name }
+    /// The change from `old` to `new` as two transactions: the first adds and rewrites what
+    /// changed (new chains, changed chains flushed and refilled, map elements deleted and
+    /// added), so every lookup switches at once; the second deletes chains nothing refers to
+    /// any more. Its size follows the change, not the table: one endpoint's change touches its
+    /// service's chains and elements only. Nil when nothing changed.
+    public static func updateScripts(from old: Model, to new: Model) -> (update: String, cleanup: String)? {
+        guard old != new else { return nil }
+        let t = "inet \(table)"
+        var s = ""
+        for map in Set(old.elements.keys).union(new.elements.keys).sorted() {
+            let was = old.elements[map] ?? [:], now = new.elements[map] ?? [:]
+            for (k, v) in was.sorted(by: { $0.key < $1.key }) where now[k] != v { s += "delete element \(t) \(map) { \(k) }\n" }
+        }
+        for name in new.chains.keys.sorted() where old.chains[name] == nil { s += "add chain \(t) \(name)\n" }
+        for name in new.chains.keys.sorted() where old.chains[name] != new.chains[name] {
+            if old.chains[name] != nil { s += "flush chain \(t) \(name)\n" }
+            for r in new.chains[name]! { s += "add rule \(t) \(name) \(r)\n" }
+        }
+        for name in old.chains.keys.sorted() where new.chains[name] == nil { s += "flush chain \(t) \(name)\n" }
+        for map in new.elements.keys.sorted() {
+            let was = old.elements[map] ?? [:]
+            for (k, v) in new.elements[map]!.sorted(by: { $0.key < $1.key }) where was[k] != v { s += "add element \(t) \(map) { \(k) : \(v) }\n" }
+        }
+        var cleanup = ""
+        for name in old.chains.keys.sorted() where new.chains[name] == nil { cleanup += "delete chain \(t) \(name)\n" }
+        return (s, cleanup)
+    }
+
+}
+
+extension String {
+    func replacingColons() -> String { String(map { $0 == ":" ? "_" : $0 }) }
 }
