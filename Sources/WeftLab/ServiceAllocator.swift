@@ -10,8 +10,10 @@ struct ServiceAllocator {
 
     static let ipKeys = "/weft/serviceips/"
     static let nodePortKeys = "/weft/nodeports/"
-    /// The cluster's service range (as kube-apiserver's --service-cluster-ip-range default).
+    /// The cluster's service ranges (IPv4 as kube-apiserver's default).
     static let serviceCIDR = IPNetwork("10.96.0.0/16")!
+    static let serviceCIDR6 = IPNetwork("fd00:96::/112")!
+    static func range(_ f: IPFamily) -> IPNetwork { f == .v4 ? serviceCIDR : serviceCIDR6 }
 
     /// Returns the object to store: spec.clusterIP(s) and nodePorts filled in. `existing` is
     /// the stored version of the same service (an update keeps its allocations).
@@ -29,18 +31,22 @@ struct ServiceAllocator {
                         throw ManifestError("\(w): spec.clusterIP cannot change (it is \(keep.map(\.description).joined(separator: ","))); delete the service and apply it again")
                     }
                     svc.clusterIPs = keep
-                } else if let wanted = svc.clusterIPs.first {
-                    guard Self.serviceCIDR.contains(wanted) else {
-                        throw ManifestError("\(w): spec.clusterIP \(wanted) is outside the service range \(Self.serviceCIDR); leave it empty to get one, or pick one inside the range")
-                    }
-                    guard try await claim(Self.ipKeys + wanted.description, owner: owner) else {
-                        throw ManifestError("\(w): spec.clusterIP \(wanted) is already allocated to another service; leave it empty to get a free one")
-                    }
-                    claimed.append(Self.ipKeys + wanted.description)
                 } else {
-                    let ip = try await claimFreeIP(owner: owner)
-                    claimed.append(Self.ipKeys + ip.description)
-                    svc.clusterIPs = [ip]
+                    // The addresses asked for, then a free one in each other family wanted.
+                    for wanted in svc.clusterIPs {
+                        guard Self.range(wanted.family).contains(wanted) else {
+                            throw ManifestError("\(w): spec.clusterIP \(wanted) is outside the service range \(Self.range(wanted.family)); leave it empty to get one, or pick one inside the range")
+                        }
+                        guard try await claim(Self.ipKeys + wanted.description, owner: owner) else {
+                            throw ManifestError("\(w): spec.clusterIP \(wanted) is already allocated to another service; leave it empty to get a free one")
+                        }
+                        claimed.append(Self.ipKeys + wanted.description)
+                    }
+                    for f in svc.families where !svc.clusterIPs.contains(where: { $0.family == f }) {
+                        let ip = try await claimFreeIP(in: Self.range(f), owner: owner)
+                        claimed.append(Self.ipKeys + ip.description)
+                        svc.clusterIPs.append(ip)
+                    }
                 }
             }
             var ports = o.spec["ports"]?.arrayValue ?? []
@@ -64,6 +70,7 @@ struct ServiceAllocator {
             if !svc.clusterIPs.isEmpty {
                 spec = spec.setting("clusterIP", to: .string(svc.clusterIPs[0].description))
                     .setting("clusterIPs", to: .array(svc.clusterIPs.map { .string($0.description) }))
+                    .setting("ipFamilies", to: .array(svc.clusterIPs.map { .string($0.family == .v4 ? "IPv4" : "IPv6") }))
             }
             spec = spec.setting("ports", to: .array(ports)).setting("type", to: .string(svc.kind.rawValue))
             out.json = out.json.setting("spec", to: spec)
@@ -92,13 +99,14 @@ struct ServiceAllocator {
 
     /// The lowest free address from .16 on (the first ones are left for well-known services,
     /// as Kubernetes keeps .1 for the API and .10 for DNS).
-    private func claimFreeIP(owner: String) async throws -> IPAddress {
-        var candidate = Self.serviceCIDR.first.advanced(by: 16)
-        while let ip = candidate, Self.serviceCIDR.contains(ip), ip != Self.serviceCIDR.last {
-            if try await claim(Self.ipKeys + ip.description, owner: owner) { return ip }
+    private func claimFreeIP(in range: IPNetwork, owner: String) async throws -> IPAddress {
+        let taken = Set(try await store.list(prefix: Self.ipKeys).items.map { String($0.key.dropFirst(Self.ipKeys.count)) })
+        var candidate = range.first.advanced(by: 16)
+        while let ip = candidate, range.contains(ip), ip != range.last {
+            if !taken.contains(ip.description), try await claim(Self.ipKeys + ip.description, owner: owner) { return ip }
             candidate = ip.advanced(by: 1)
         }
-        throw ManifestError("service \(owner): the service range \(Self.serviceCIDR) has no free address left; delete unused services")
+        throw ManifestError("service \(owner): the service range \(range) has no free address left; delete unused services")
     }
 
     private func claimFreeNodePort(proto: String, owner: String) async throws -> UInt16 {

@@ -35,6 +35,14 @@ struct ServicesTests {
     ---
     apiVersion: v1
     kind: Service
+    metadata: {name: dual}
+    spec:
+      ipFamilyPolicy: PreferDualStack
+      selector: {app: web}
+      ports: [{port: 80, targetPort: 8080}]
+    ---
+    apiVersion: v1
+    kind: Service
     metadata: {name: empty}
     spec:
       selector: {app: nothing}
@@ -52,7 +60,8 @@ struct ServicesTests {
 
     @Test("ClusterIP, NodePort, hairpin and no-endpoint reject, from pods, nodes and the host network")
     func servicesWork() throws {
-        let lab = try MultiNodeTests.TestLab(nodes: 2, mode: "native")
+        // vxlan: the mode that carries IPv6 between nodes (native routes follow the IPv4 host network).
+        let lab = try MultiNodeTests.TestLab(nodes: 2, mode: "vxlan")
         let apply = try lab.run(["apply", "-f", "-"], stdin: Self.manifest)
         try #require(apply.status == 0, "\(apply.stdout)\(apply.stderr)")
         let svcs = try #require(try lab.run(["get", "services", "-o", "json"]).json?["items"]?.arrayValue)
@@ -84,6 +93,17 @@ struct ServicesTests {
         let hairpin = try answers(lab.podNS("default", "web-a"), "\(vip):80", tries: 20)
         #expect(hairpin.allSatisfy { $0.hasPrefix("web-") }, "\(hairpin)")
         #expect(hairpin.contains { $0.hasPrefix("web-a") }, "reached itself at least once in 20: \(hairpin)")
+        // Dual-stack: an IPv4 and an IPv6 ClusterIP, each leading to the pods' address of its family.
+        let dualSpec = svcs.first { $0["metadata"]?["name"]?.stringValue == "dual" }?["spec"]
+        let dual = (dualSpec?["clusterIPs"]?.arrayValue ?? []).compactMap { $0.stringValue }
+        try #require(dual.count == 2, "\(dual)")
+        let vip6 = try #require(dual.first { $0.contains(":") })
+        #expect(IPNetwork("fd00:96::/112")!.contains(IPAddress(vip6)!))
+        let clientIP6 = try #require(pods.first { $0["metadata"]?["name"]?.stringValue == "client" }?["status"]?["podIPs"]?.arrayValue?
+            .compactMap { $0["ip"]?.stringValue }.first { $0.contains(":") })
+        let over6 = try answers(lab.podNS("default", "client"), "[\(vip6)]:80", tries: 10)
+        #expect(over6.allSatisfy { $0.hasPrefix("web-") && $0.hasSuffix(" \(clientIP6)") }, "IPv6 ClusterIP: \(over6)")
+
         // No endpoints: refused, not a timeout.
         let refused = try probe(lab.podNS("default", "client"), "\(emptyVIP):80")
         #expect(refused.status != 0 && refused.stderr.contains("refused"), "\(refused.stderr)")
@@ -118,7 +138,7 @@ struct ServicesTests {
             #expect(r.status != 0, "\(spec) accepted")
             #expect(r.stderr.contains(message), "\(spec): \(r.stderr)")
         }
-        #expect(try lab.run(["get", "services", "-o", "json"]).json?["items"]?.arrayValue?.count == 2, "no half-made service stored")
+        #expect(try lab.run(["get", "services", "-o", "json"]).json?["items"]?.arrayValue?.count == 3, "no half-made service stored")
         // The running service still answers.
         var ok = false
         for _ in 0..<50 where !ok { ok = ((try? probe(lab.podNS("default", "client"), "\(vip):80").stdout) ?? "").hasPrefix("web-"); if !ok { usleep(100_000) } }

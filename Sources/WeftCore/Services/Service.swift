@@ -19,6 +19,9 @@ public struct ClusterService: Sendable, Equatable {
     public var headless: Bool
     public var ports: [Port]
     public var selector: [String: String]?
+    /// The address families to allocate ClusterIPs in, first the primary: from `ipFamilies`
+    /// and `ipFamilyPolicy` (SingleStack: one; PreferDualStack and RequireDualStack: both).
+    public var families: [IPFamily]
 
     public static let nodePortRange: ClosedRange<Int> = 30000...32767
 
@@ -40,6 +43,24 @@ public struct ClusterService: Sendable, Equatable {
             ips.append(a)
         }
         clusterIPs = ips
+        let policy = s["ipFamilyPolicy"]?.stringValue ?? "SingleStack"
+        guard ["SingleStack", "PreferDualStack", "RequireDualStack"].contains(policy) else {
+            throw ManifestError("\(w): spec.ipFamilyPolicy \"\(policy)\" must be SingleStack, PreferDualStack or RequireDualStack")
+        }
+        var fams: [IPFamily] = []
+        for f in s["ipFamilies"]?.arrayValue ?? [] {
+            switch f.stringValue {
+            case "IPv4": fams.append(.v4)
+            case "IPv6": fams.append(.v6)
+            default: throw ManifestError("\(w): spec.ipFamilies entry \(f.serialized()) must be IPv4 or IPv6")
+            }
+        }
+        if fams.isEmpty { fams = ips.isEmpty ? [.v4] : ips.map(\.family) }
+        if policy != "SingleStack" && fams.count == 1 { fams.append(fams[0] == .v4 ? .v6 : .v4) }
+        if policy == "SingleStack" && fams.count > 1 {
+            throw ManifestError("\(w): spec.ipFamilies lists two families but ipFamilyPolicy is SingleStack; use PreferDualStack or RequireDualStack")
+        }
+        families = fams
         if case .object(let sel)? = s["selector"] {
             var m: [String: String] = [:]
             for (key, v) in sel { m[key] = v.stringValue ?? v.serialized() }
@@ -117,9 +138,11 @@ extension ClusterService {
     /// address), as EndpointSlices would list them. A service without a selector has none.
     public func endpoints(from pods: [KubeObject]) -> [ServiceEndpoint] {
         guard let selector, !selector.isEmpty else { return [] }
-        return pods.compactMap { p in
-            guard (p.namespace ?? "default") == namespace, selector.allSatisfy({ p.labels[$0.key] == $0.value }),
-                  let ip = p.status["podIP"]?.stringValue.flatMap(IPAddress.init) else { return nil }
+        return pods.flatMap { p -> [ServiceEndpoint] in
+            guard (p.namespace ?? "default") == namespace, selector.allSatisfy({ p.labels[$0.key] == $0.value }) else { return [] }
+            // Every address of the pod (status.podIPs; podIP alone from older writers).
+            var ips = (p.status["podIPs"]?.arrayValue ?? []).compactMap { $0["ip"]?.stringValue.flatMap(IPAddress.init) }
+            if ips.isEmpty, let one = p.status["podIP"]?.stringValue.flatMap(IPAddress.init) { ips = [one] }
             var named: [String: UInt16] = [:]
             for c in p.spec["containers"]?.arrayValue ?? [] {
                 for port in c["ports"]?.arrayValue ?? [] {
@@ -127,7 +150,7 @@ extension ClusterService {
                 }
             }
             let ready = p.status["phase"]?.stringValue == "Running" && p.json["metadata"]?["deletionTimestamp"] == nil
-            return ServiceEndpoint(pod: p.name, address: ip, ready: ready, nodeName: p.spec["nodeName"]?.stringValue, namedPorts: named)
-        }.sorted { $0.pod < $1.pod }
+            return ips.map { ServiceEndpoint(pod: p.name, address: $0, ready: ready, nodeName: p.spec["nodeName"]?.stringValue, namedPorts: named) }
+        }.sorted { ($0.pod, $0.address) < ($1.pod, $1.address) }
     }
 }

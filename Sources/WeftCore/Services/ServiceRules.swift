@@ -44,36 +44,42 @@ public enum ServiceRules {
             let svc = e.service
             guard !svc.headless, svc.kind != .externalName else { continue }
             for p in svc.ports {
-                let c = chainName(svc, p)
                 let l4 = proto(p.proto)
-                // Ready endpoints that serve this port, of a family the service has an address in.
-                let backends = e.endpoints.compactMap { ep in ep.port(for: p).map { (ep, $0) } }
-                    .filter { b in b.0.ready && svc.clusterIPs.contains { $0.family == b.0.address.family } }
-                if backends.isEmpty {
-                    for ip in svc.clusterIPs {
-                        element(ip.family == .v4 ? "no-endpoint-services" : "no-endpoint-services6", "\(ip) . \(l4) . \(p.port)", "goto reject-chain")
+                // One chain per family the service has an address in (a DNAT cannot change the
+                // family), each choosing among that family's ready endpoints serving this port.
+                var familyChains: [(IPFamily, String)] = []
+                for family in [IPFamily.v4, .v6] {
+                    let vips = svc.clusterIPs.filter { $0.family == family }
+                    guard !vips.isEmpty else { continue }
+                    let c = chainName(svc, p) + (family == .v6 ? "/v6" : "")
+                    let backends = e.endpoints.filter { $0.ready && $0.address.family == family }.compactMap { ep in ep.port(for: p).map { (ep, $0) } }
+                    if backends.isEmpty {
+                        for ip in vips { element(family == .v4 ? "no-endpoint-services" : "no-endpoint-services6", "\(ip) . \(l4) . \(p.port)", "goto reject-chain") }
+                        continue
                     }
-                    if let np = p.nodePort { element("no-endpoint-nodeports", "\(l4) . \(np)", "goto reject-chain") }
-                    continue
-                }
-                var arms: [String] = []
-                for (i, (ep, port)) in backends.enumerated() {
-                    // Named by address and port, so an endpoint keeps its chain while others come and go.
-                    let ec = "\(c)/ep/\(ep.address.description.replacingColons())/\(port)"
-                    let fam = ep.address.family == .v4 ? "ip" : "ip6"
-                    let dest = ep.address.family == .v4 ? "\(ep.address):\(port)" : "[\(ep.address)]:\(port)"
-                    m.chains[ec] = ["\(fam) saddr \(ep.address) jump mark-for-masquerade", "meta l4proto \(l4) dnat \(fam) to \(dest)"]
-                    arms.append("\(i) : goto \(ec)")
-                }
-                m.chains[c] = ["numgen random mod \(backends.count) vmap { \(arms.joined(separator: ", ")) }"]
-                for ip in svc.clusterIPs {
-                    element(ip.family == .v4 ? "service-ips" : "service-ips6", "\(ip) . \(l4) . \(p.port)", "goto \(c)")
+                    var arms: [String] = []
+                    for (i, (ep, port)) in backends.enumerated() {
+                        // Named by address and port, so an endpoint keeps its chain while others come and go.
+                        let ec = "\(chainName(svc, p))/ep/\(ep.address.description.replacingColons())/\(port)"
+                        let fam = family == .v4 ? "ip" : "ip6"
+                        let dest = family == .v4 ? "\(ep.address):\(port)" : "[\(ep.address)]:\(port)"
+                        m.chains[ec] = ["\(fam) saddr \(ep.address) jump mark-for-masquerade", "meta l4proto \(l4) dnat \(fam) to \(dest)"]
+                        arms.append("\(i) : goto \(ec)")
+                    }
+                    m.chains[c] = ["numgen random mod \(backends.count) vmap { \(arms.joined(separator: ", ")) }"]
+                    for ip in vips { element(family == .v4 ? "service-ips" : "service-ips6", "\(ip) . \(l4) . \(p.port)", "goto \(c)") }
+                    familyChains.append((family, c))
                 }
                 if let np = p.nodePort {
-                    // Traffic from outside comes back through this node only if masqueraded
-                    // (externalTrafficPolicy: Cluster).
-                    m.chains["\(c)/nodeport"] = ["jump mark-for-masquerade", "goto \(c)"]
-                    element("service-nodeports", "\(l4) . \(np)", "goto \(c)/nodeport")
+                    if familyChains.isEmpty {
+                        element("no-endpoint-nodeports", "\(l4) . \(np)", "goto reject-chain")
+                    } else {
+                        // Traffic from outside comes back through this node only if masqueraded
+                        // (externalTrafficPolicy: Cluster).
+                        let nc = "\(chainName(svc, p))/nodeport"
+                        m.chains[nc] = ["jump mark-for-masquerade"] + familyChains.map { "meta nfproto \($0.0 == .v4 ? "ipv4" : "ipv6") goto \($0.1)" } + ["goto reject-chain"]
+                        element("service-nodeports", "\(l4) . \(np)", "goto \(nc)")
+                    }
                 }
             }
         }
