@@ -17,25 +17,15 @@ public struct ClusterClient: Sendable {
                 l["kubernetes.io/metadata.name"] = o.name
                 o.labels = l
             }
+            if o.kind == "Service" || o.kind == "Pod" {
+                try await placeInNamespace(&o)
+            }
             if o.kind == "Service" {
-                let ns = o.namespace ?? "default"
-                if o.namespace == nil { o.setMeta("namespace", .string(ns)) }
-                if try await store.get(Keys.namespace(ns)) == nil {
-                    if ns == "default" { try await ensureDefaultNamespace() } else {
-                        throw ManifestError("service \(ns)/\(o.name): namespace \"\(ns)\" does not exist; apply a Namespace named \(ns) first")
-                    }
-                }
                 let existing = try await store.get(try Keys.key(for: o)).map { try KubeObject(bytes: $0.value) }
                 o = try await ServiceAllocator(store: store).allocate(o, existing: existing)
             }
             if o.kind == "Pod" {
                 let ns = o.namespace ?? "default"
-                if o.namespace == nil { o.setMeta("namespace", .string(ns)) }
-                if try await store.get(Keys.namespace(ns)) == nil {
-                    if ns == "default" { try await ensureDefaultNamespace() } else {
-                        throw ManifestError("pod \(ns)/\(o.name): namespace \"\(ns)\" does not exist; apply a Namespace named \(ns) first")
-                    }
-                }
                 if o.nodeName == nil { o.setSpec("nodeName", .string(try await schedule())) }
                 else if try await store.get(Keys.node(o.nodeName!)) == nil {
                     throw ManifestError("pod \(ns)/\(o.name): spec.nodeName \"\(o.nodeName!)\" is not a node of this cluster")
@@ -58,6 +48,16 @@ public struct ClusterClient: Sendable {
             }
         }
         return lines
+    }
+
+    /// Namespaced objects: metadata.namespace filled in ("default" when absent) and checked to
+    /// exist; "default" is created on first use, as Kubernetes always has it.
+    func placeInNamespace(_ o: inout KubeObject) async throws {
+        let ns = o.namespace ?? "default"
+        if o.namespace == nil { o.setMeta("namespace", .string(ns)) }
+        guard try await store.get(Keys.namespace(ns)) == nil else { return }
+        if ns == "default" { return try await ensureDefaultNamespace() }
+        throw ManifestError("\(o.kind.lowercased()) \(ns)/\(o.name): namespace \"\(ns)\" does not exist; apply a Namespace named \(ns) first")
     }
 
     public func ensureDefaultNamespace() async throws {
