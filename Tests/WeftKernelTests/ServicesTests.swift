@@ -43,6 +43,15 @@ struct ServicesTests {
     ---
     apiVersion: v1
     kind: Service
+    metadata: {name: sticky}
+    spec:
+      sessionAffinity: ClientIP
+      sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}
+      selector: {app: web}
+      ports: [{port: 80, targetPort: 8080}]
+    ---
+    apiVersion: v1
+    kind: Service
     metadata: {name: empty}
     spec:
       selector: {app: nothing}
@@ -104,6 +113,12 @@ struct ServicesTests {
         let over6 = try answers(lab.podNS("default", "client"), "[\(vip6)]:80", tries: 10)
         #expect(over6.allSatisfy { $0.hasPrefix("web-") && $0.hasSuffix(" \(clientIP6)") }, "IPv6 ClusterIP: \(over6)")
 
+        // Session affinity: one client keeps its endpoint; without it the same client saw both.
+        let stickyVIP = try #require(svcs.first { $0["metadata"]?["name"]?.stringValue == "sticky" }?["spec"]?["clusterIP"]?.stringValue)
+        let stuck = try answers(lab.podNS("default", "client"), "\(stickyVIP):80", tries: 20)
+        #expect(stuck.allSatisfy { $0.hasPrefix("web-") }, "\(stuck)")
+        #expect(Set(stuck.map { $0.split(separator: " ").first.map(String.init) ?? "" }).count == 1, "ClientIP affinity keeps one endpoint: \(stuck)")
+
         // No endpoints: refused, not a timeout.
         let refused = try probe(lab.podNS("default", "client"), "\(emptyVIP):80")
         #expect(refused.status != 0 && refused.stderr.contains("refused"), "\(refused.stderr)")
@@ -138,7 +153,7 @@ struct ServicesTests {
             #expect(r.status != 0, "\(spec) accepted")
             #expect(r.stderr.contains(message), "\(spec): \(r.stderr)")
         }
-        #expect(try lab.run(["get", "services", "-o", "json"]).json?["items"]?.arrayValue?.count == 3, "no half-made service stored")
+        #expect(try lab.run(["get", "services", "-o", "json"]).json?["items"]?.arrayValue?.count == 4, "no half-made service stored")
         // The running service still answers.
         var ok = false
         for _ in 0..<50 where !ok { ok = ((try? probe(lab.podNS("default", "client"), "\(vip):80").stdout) ?? "").hasPrefix("web-"); if !ok { usleep(100_000) } }

@@ -22,6 +22,9 @@ public struct ClusterService: Sendable, Equatable {
     /// The address families to allocate ClusterIPs in, first the primary: from `ipFamilies`
     /// and `ipFamilyPolicy` (SingleStack: one; PreferDualStack and RequireDualStack: both).
     public var families: [IPFamily]
+    /// `sessionAffinity: ClientIP`: seconds a client stays with the endpoint it first got
+    /// (`sessionAffinityConfig.clientIP.timeoutSeconds`, default 10800); nil for None.
+    public var affinityTimeout: Int?
 
     public static let nodePortRange: ClosedRange<Int> = 30000...32767
 
@@ -61,6 +64,16 @@ public struct ClusterService: Sendable, Equatable {
             throw ManifestError("\(w): spec.ipFamilies lists two families but ipFamilyPolicy is SingleStack; use PreferDualStack or RequireDualStack")
         }
         families = fams
+        switch s["sessionAffinity"]?.stringValue ?? "None" {
+        case "None": affinityTimeout = nil
+        case "ClientIP":
+            let t = s["sessionAffinityConfig"]?["clientIP"]?["timeoutSeconds"]?.intValue ?? 10800
+            guard (1...86400).contains(t) else {
+                throw ManifestError("\(w): spec.sessionAffinityConfig.clientIP.timeoutSeconds \(t) must be from 1 to 86400")
+            }
+            affinityTimeout = t
+        case let other: throw ManifestError("\(w): spec.sessionAffinity \"\(other)\" must be None or ClientIP")
+        }
         if case .object(let sel)? = s["selector"] {
             var m: [String: String] = [:]
             for (key, v) in sel { m[key] = v.stringValue ?? v.serialized() }

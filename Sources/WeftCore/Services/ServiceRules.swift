@@ -34,6 +34,8 @@ public enum ServiceRules {
     public struct Model: Sendable, Equatable {
         public var chains: [String: [String]] = [:]
         public var elements: [String: [String: String]] = [:]
+        /// Sets (name → definition): the client addresses each endpoint has under session affinity.
+        public var sets: [String: String] = [:]
         public init() {}
     }
 
@@ -58,15 +60,26 @@ public enum ServiceRules {
                         continue
                     }
                     var arms: [String] = []
+                    var sticky: [String] = []
+                    let fam = family == .v4 ? "ip" : "ip6"
                     for (i, (ep, port)) in backends.enumerated() {
                         // Named by address and port, so an endpoint keeps its chain while others come and go.
                         let ec = "\(chainName(svc, p))/ep/\(ep.address.description.replacingColons())/\(port)"
-                        let fam = family == .v4 ? "ip" : "ip6"
                         let dest = family == .v4 ? "\(ep.address):\(port)" : "[\(ep.address)]:\(port)"
-                        m.chains[ec] = ["\(fam) saddr \(ep.address) jump mark-for-masquerade", "meta l4proto \(l4) dnat \(fam) to \(dest)"]
+                        var rules = ["\(fam) saddr \(ep.address) jump mark-for-masquerade"]
+                        if let timeout = svc.affinityTimeout {
+                            // Session affinity as kube-proxy does it: each endpoint remembers its
+                            // clients for the timeout; a remembered client goes straight back.
+                            let set = "\(ec)/affinity"
+                            m.sets[set] = "{ type \(family == .v4 ? "ipv4_addr" : "ipv6_addr") ; flags dynamic,timeout ; timeout \(timeout)s ; }"
+                            rules.append("update @\(set) { \(fam) saddr }")
+                            sticky.append("\(fam) saddr @\(set) goto \(ec)")
+                        }
+                        rules.append("meta l4proto \(l4) dnat \(fam) to \(dest)")
+                        m.chains[ec] = rules
                         arms.append("\(i) : goto \(ec)")
                     }
-                    m.chains[c] = ["numgen random mod \(backends.count) vmap { \(arms.joined(separator: ", ")) }"]
+                    m.chains[c] = sticky + ["numgen random mod \(backends.count) vmap { \(arms.joined(separator: ", ")) }"]
                     for ip in vips { element(family == .v4 ? "service-ips" : "service-ips6", "\(ip) . \(l4) . \(p.port)", "goto \(c)") }
                     familyChains.append((family, c))
                 }
@@ -126,6 +139,7 @@ public enum ServiceRules {
             s += "add chain \(t) filter-\(hook) { type filter hook \(hook) priority -110 ; }\n"
             s += "add rule \(t) filter-\(hook) ct state new jump endpoints-check\n"
         }
+        for name in m.sets.keys.sorted() { s += "add set \(t) \(name) \(m.sets[name]!)\n" }
         for name in m.chains.keys.sorted() { s += "add chain \(t) \(name)\n" }
         for name in m.chains.keys.sorted() { for r in m.chains[name]! { s += "add rule \(t) \(name) \(r)\n" } }
         for map in m.elements.keys.sorted() {
@@ -147,6 +161,9 @@ public enum ServiceRules {
             let was = old.elements[map] ?? [:], now = new.elements[map] ?? [:]
             for (k, v) in was.sorted(by: { $0.key < $1.key }) where now[k] != v { s += "delete element \(t) \(map) { \(k) }\n" }
         }
+        // A set whose timeout changed cannot be redefined in place: its `add set` fails, and the
+        // agent then replaces the whole table (which only forgets who had affinity).
+        for name in new.sets.keys.sorted() where old.sets[name] != new.sets[name] { s += "add set \(t) \(name) \(new.sets[name]!)\n" }
         for name in new.chains.keys.sorted() where old.chains[name] == nil { s += "add chain \(t) \(name)\n" }
         for name in new.chains.keys.sorted() where old.chains[name] != new.chains[name] {
             if old.chains[name] != nil { s += "flush chain \(t) \(name)\n" }
@@ -159,6 +176,7 @@ public enum ServiceRules {
         }
         var cleanup = ""
         for name in old.chains.keys.sorted() where new.chains[name] == nil { cleanup += "delete chain \(t) \(name)\n" }
+        for name in old.sets.keys.sorted() where new.sets[name] == nil { cleanup += "delete set \(t) \(name)\n" }
         return (s, cleanup)
     }
 
