@@ -31,6 +31,7 @@ struct ServicesTests {
     spec:
       type: NodePort
       selector: {app: web}
+      externalIPs: [203.0.113.10]
       ports: [{name: http, port: 80, targetPort: http, nodePort: 30080}]
     ---
     apiVersion: v1
@@ -98,6 +99,11 @@ struct ServicesTests {
             let r = try answers("wl-\(lab.name)-net", "\(nodeIP):30080", tries: 5)
             #expect(r.allSatisfy { $0.hasPrefix("web-") }, "NodePort on \(nodeIP): \(r)")
         }
+        // An external IP, routed to node0 by the host network (as an admin would), answers there.
+        try sh(["ip", "netns", "exec", "wl-\(lab.name)-net", "ip", "route", "add", "203.0.113.10/32", "via", "192.168.100.11"])
+        let external = try answers("wl-\(lab.name)-net", "203.0.113.10:80", tries: 5)
+        #expect(external.allSatisfy { $0.hasPrefix("web-") }, "externalIP: \(external)")
+
         // Hairpin: an endpoint reaches itself through its own service.
         let hairpin = try answers(lab.podNS("default", "web-a"), "\(vip):80", tries: 20)
         #expect(hairpin.allSatisfy { $0.hasPrefix("web-") }, "\(hairpin)")

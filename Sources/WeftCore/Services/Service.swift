@@ -25,6 +25,8 @@ public struct ClusterService: Sendable, Equatable {
     /// `sessionAffinity: ClientIP`: seconds a client stays with the endpoint it first got
     /// (`sessionAffinityConfig.clientIP.timeoutSeconds`, default 10800); nil for None.
     public var affinityTimeout: Int?
+    /// `spec.externalIPs`: addresses routed to the nodes by someone else, served like the VIP.
+    public var externalIPs: [IPAddress]
 
     public static let nodePortRange: ClosedRange<Int> = 30000...32767
 
@@ -64,6 +66,13 @@ public struct ClusterService: Sendable, Equatable {
             throw ManifestError("\(w): spec.ipFamilies lists two families but ipFamilyPolicy is SingleStack; use PreferDualStack or RequireDualStack")
         }
         families = fams
+        externalIPs = []
+        for v in s["externalIPs"]?.arrayValue ?? [] {
+            guard let a = v.stringValue.flatMap(IPAddress.init) else {
+                throw ManifestError("\(w): spec.externalIPs entry \(v.serialized()) is not an IP address")
+            }
+            externalIPs.append(a)
+        }
         switch s["sessionAffinity"]?.stringValue ?? "None" {
         case "None": affinityTimeout = nil
         case "ClientIP":

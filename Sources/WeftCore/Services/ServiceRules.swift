@@ -52,11 +52,12 @@ public enum ServiceRules {
                 var familyChains: [(IPFamily, String)] = []
                 for family in [IPFamily.v4, .v6] {
                     let vips = svc.clusterIPs.filter { $0.family == family }
-                    guard !vips.isEmpty else { continue }
+                    let external = svc.externalIPs.filter { $0.family == family }
+                    guard !vips.isEmpty || !external.isEmpty else { continue }
                     let c = chainName(svc, p) + (family == .v6 ? "/v6" : "")
                     let backends = e.endpoints.filter { $0.ready && $0.address.family == family }.compactMap { ep in ep.port(for: p).map { (ep, $0) } }
                     if backends.isEmpty {
-                        for ip in vips { element(family == .v4 ? "no-endpoint-services" : "no-endpoint-services6", "\(ip) . \(l4) . \(p.port)", "goto reject-chain") }
+                        for ip in vips + external { element(family == .v4 ? "no-endpoint-services" : "no-endpoint-services6", "\(ip) . \(l4) . \(p.port)", "goto reject-chain") }
                         continue
                     }
                     var arms: [String] = []
@@ -81,6 +82,12 @@ public enum ServiceRules {
                     }
                     m.chains[c] = sticky + ["numgen random mod \(backends.count) vmap { \(arms.joined(separator: ", ")) }"]
                     for ip in vips { element(family == .v4 ? "service-ips" : "service-ips6", "\(ip) . \(l4) . \(p.port)", "goto \(c)") }
+                    if !external.isEmpty {
+                        // From outside the cluster: masqueraded, so replies come back this way.
+                        let xc = "\(c)/external"
+                        m.chains[xc] = ["jump mark-for-masquerade", "goto \(c)"]
+                        for ip in external { element(family == .v4 ? "service-ips" : "service-ips6", "\(ip) . \(l4) . \(p.port)", "goto \(xc)") }
+                    }
                     familyChains.append((family, c))
                 }
                 if let np = p.nodePort {
