@@ -11,8 +11,11 @@
 /// - An endpoint that reaches itself through its service (hairpin) is masqueraded, or the
 ///   reply would skip the DNAT's reversal.
 ///
-/// The script replaces the whole table in one transaction (`add`, `delete`, then the new
-/// table), so readers never see a half-built state. Pure: the agent runs it in the node.
+/// `model` computes what the table should hold; `fullScript` replaces the whole table in one
+/// transaction (`add`, `delete`, then the new table), so readers never see a half-built state;
+/// `updateScripts` writes only the difference between two models. Chain names are nftables
+/// identifiers built from Kubernetes names, protocols, ports and addresses (`:` written `_`).
+/// Pure: the agent runs the scripts in the node.
 public enum ServiceRules {
     public static let table = "weft-services"
     static let masqMark = "0x4000"
