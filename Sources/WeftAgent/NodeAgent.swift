@@ -82,7 +82,7 @@ public final class NodeAgent: Service, @unchecked Sendable {
             group.addTask { try await self.watch(prefix: Keys.nodeLeases) }
             group.addTask { try await self.resyncTicker() }
             group.addTask { try await self.reconcileLoop(mode: cluster.mode) }
-            group.addTask { try await ServiceProxy(store: self.store, logger: self.logger).run() }
+            group.addTask { try await ServiceProxy(store: self.store, logger: self.logger, node: self.config.nodeName).run() }
             try await group.next()
             group.cancelAll()
         }

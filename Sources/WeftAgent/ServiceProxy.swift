@@ -12,6 +12,8 @@ import WeftOS
 struct ServiceProxy: Sendable {
     let store: any Datastore
     let logger: Logger
+    /// This node's name: Local traffic policies keep to its endpoints.
+    let node: String
     var resyncSeconds: Double = 300
 
     func run() async throws {
@@ -61,7 +63,7 @@ struct ServiceProxy: Sendable {
                     }
                     entries.append(.init(service: s, endpoints: s.endpoints(from: pods)))
                 }
-                let want = ServiceRules.model(entries)
+                let want = ServiceRules.model(entries, node: node)
                 let due = ContinuousClock.now - lastFull >= .milliseconds(Int(resyncSeconds * 1000))
                 let meta: Logger.Metadata = ["services": "\(entries.count)", "endpoints": "\(entries.reduce(0) { $0 + $1.endpoints.filter(\.ready).count })"]
                 if let have = applied, !due {

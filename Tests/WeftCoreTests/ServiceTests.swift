@@ -36,6 +36,8 @@ struct ServiceTests {
         (#"{"clusterIP":"10.96.0.300","ports":[{"port":80}]}"#, "spec.clusterIP \"10.96.0.300\" is not an IP address"),
         (#"{"ports":[]}"#, "spec.ports is empty"),
         (#"{"ports":[{"name":"a","port":80},{"port":81}]}"#, "spec.ports[1].name is required"),
+        (#"{"externalTrafficPolicy":"Local","ports":[{"port":80}]}"#, "externalTrafficPolicy Local needs type NodePort or LoadBalancer"),
+        (#"{"internalTrafficPolicy":"Nearby","ports":[{"port":80}]}"#, "spec.internalTrafficPolicy \"Nearby\" must be Cluster or Local"),
         (#"{"externalIPs":["nope"],"ports":[{"port":80}]}"#, "spec.externalIPs entry \"nope\" is not an IP address"),
         (#"{"sessionAffinity":"Cookie","ports":[{"port":80}]}"#, "spec.sessionAffinity \"Cookie\" must be None or ClientIP"),
         (#"{"sessionAffinity":"ClientIP","sessionAffinityConfig":{"clientIP":{"timeoutSeconds":0}},"ports":[{"port":80}]}"#, "timeoutSeconds 0 must be from 1 to 86400"),

@@ -53,6 +53,16 @@ struct ServicesTests {
     ---
     apiVersion: v1
     kind: Service
+    metadata: {name: local}
+    spec:
+      type: NodePort
+      internalTrafficPolicy: Local
+      externalTrafficPolicy: Local
+      selector: {app: web}
+      ports: [{port: 80, targetPort: 8080, nodePort: 30081}]
+    ---
+    apiVersion: v1
+    kind: Service
     metadata: {name: empty}
     spec:
       selector: {app: nothing}
@@ -125,6 +135,16 @@ struct ServicesTests {
         #expect(stuck.allSatisfy { $0.hasPrefix("web-") }, "\(stuck)")
         #expect(Set(stuck.map { $0.split(separator: " ").first.map(String.init) ?? "" }).count == 1, "ClientIP affinity keeps one endpoint: \(stuck)")
 
+        // Local traffic policies: from inside, only the client's node's endpoint; from outside,
+        // the receiving node's endpoint, which sees the real client address (no masquerade).
+        let localVIP = try #require(svcs.first { $0["metadata"]?["name"]?.stringValue == "local" }?["spec"]?["clusterIP"]?.stringValue)
+        let inside = try answers(lab.podNS("default", "client"), "\(localVIP):80", tries: 10)
+        #expect(inside.allSatisfy { $0.hasPrefix("web-a ") }, "internalTrafficPolicy Local keeps to node0: \(inside)")
+        let toNode1 = try answers("wl-\(lab.name)-net", "192.168.100.12:30081", tries: 5)
+        #expect(toNode1.allSatisfy { $0 == "web-b 192.168.100.1" }, "externalTrafficPolicy Local: node1's endpoint, client address kept: \(toNode1)")
+        let toNode0 = try answers("wl-\(lab.name)-net", "192.168.100.11:30081", tries: 5)
+        #expect(toNode0.allSatisfy { $0 == "web-a 192.168.100.1" }, "\(toNode0)")
+
         // No endpoints: refused, not a timeout.
         let refused = try probe(lab.podNS("default", "client"), "\(emptyVIP):80")
         #expect(refused.status != 0 && refused.stderr.contains("refused"), "\(refused.stderr)")
@@ -159,7 +179,7 @@ struct ServicesTests {
             #expect(r.status != 0, "\(spec) accepted")
             #expect(r.stderr.contains(message), "\(spec): \(r.stderr)")
         }
-        #expect(try lab.run(["get", "services", "-o", "json"]).json?["items"]?.arrayValue?.count == 4, "no half-made service stored")
+        #expect(try lab.run(["get", "services", "-o", "json"]).json?["items"]?.arrayValue?.count == 5, "no half-made service stored")
         // The running service still answers.
         var ok = false
         for _ in 0..<50 where !ok { ok = ((try? probe(lab.podNS("default", "client"), "\(vip):80").stdout) ?? "").hasPrefix("web-"); if !ok { usleep(100_000) } }

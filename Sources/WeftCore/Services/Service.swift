@@ -27,6 +27,11 @@ public struct ClusterService: Sendable, Equatable {
     public var affinityTimeout: Int?
     /// `spec.externalIPs`: addresses routed to the nodes by someone else, served like the VIP.
     public var externalIPs: [IPAddress]
+    /// `internalTrafficPolicy: Local`: traffic from inside the cluster only to this node's endpoints.
+    public var internalLocal: Bool
+    /// `externalTrafficPolicy: Local`: traffic from outside (node ports, external IPs) only to
+    /// this node's endpoints, with the client's address kept (no masquerade).
+    public var externalLocal: Bool
 
     public static let nodePortRange: ClosedRange<Int> = 30000...32767
 
@@ -72,6 +77,16 @@ public struct ClusterService: Sendable, Equatable {
                 throw ManifestError("\(w): spec.externalIPs entry \(v.serialized()) is not an IP address")
             }
             externalIPs.append(a)
+        }
+        func trafficPolicy(_ field: String) throws(ManifestError) -> Bool {
+            let v = s[field]?.stringValue ?? "Cluster"
+            guard v == "Cluster" || v == "Local" else { throw ManifestError("\(w): spec.\(field) \"\(v)\" must be Cluster or Local") }
+            return v == "Local"
+        }
+        internalLocal = try trafficPolicy("internalTrafficPolicy")
+        externalLocal = try trafficPolicy("externalTrafficPolicy")
+        if externalLocal && k != .nodePort && k != .loadBalancer && externalIPs.isEmpty {
+            throw ManifestError("\(w): spec.externalTrafficPolicy Local needs type NodePort or LoadBalancer (or externalIPs); this service has no traffic from outside")
         }
         switch s["sessionAffinity"]?.stringValue ?? "None" {
         case "None": affinityTimeout = nil

@@ -42,7 +42,8 @@ public enum ServiceRules {
         public init() {}
     }
 
-    public static func model(_ entries: [Entry]) -> Model {
+    /// - node: the node the table is for (Local traffic policies keep to its endpoints).
+    public static func model(_ entries: [Entry], node: String? = nil) -> Model {
         var m = Model()
         func element(_ map: String, _ key: String, _ verdict: String) { m.elements[map, default: [:]][key] = verdict }
         for e in entries {
@@ -50,63 +51,82 @@ public enum ServiceRules {
             guard !svc.headless, svc.kind != .externalName else { continue }
             for p in svc.ports {
                 let l4 = proto(p.proto)
-                // One chain per family the service has an address in (a DNAT cannot change the
-                // family), each choosing among that family's ready endpoints serving this port.
-                var familyChains: [(IPFamily, String)] = []
+                // Per family the service has an address in (a DNAT cannot change the family):
+                // the chain traffic from inside takes (`internal`) and the one traffic from
+                // outside takes (`external`: node ports, external IPs).
+                var external: [(IPFamily, String)] = []
                 for family in [IPFamily.v4, .v6] {
                     let vips = svc.clusterIPs.filter { $0.family == family }
-                    let external = svc.externalIPs.filter { $0.family == family }
-                    guard !vips.isEmpty || !external.isEmpty else { continue }
-                    let c = chainName(svc, p) + (family == .v6 ? "/v6" : "")
-                    let backends = e.endpoints.filter { $0.ready && $0.address.family == family }.compactMap { ep in ep.port(for: p).map { (ep, $0) } }
-                    if backends.isEmpty {
-                        for ip in vips + external { element(family == .v4 ? "no-endpoint-services" : "no-endpoint-services6", "\(ip) . \(l4) . \(p.port)", "goto reject-chain") }
+                    let extIPs = svc.externalIPs.filter { $0.family == family }
+                    guard !vips.isEmpty || !extIPs.isEmpty || p.nodePort != nil else { continue }
+                    let base = chainName(svc, p) + (family == .v6 ? "/v6" : "")
+                    let ready = e.endpoints.filter { $0.ready && $0.address.family == family }.compactMap { ep in ep.port(for: p).map { (ep, $0) } }
+                    if ready.isEmpty {
+                        for ip in vips + extIPs { element(family == .v4 ? "no-endpoint-services" : "no-endpoint-services6", "\(ip) . \(l4) . \(p.port)", "goto reject-chain") }
                         continue
                     }
-                    var arms: [String] = []
-                    var sticky: [String] = []
-                    let fam = family == .v4 ? "ip" : "ip6"
-                    for (i, (ep, port)) in backends.enumerated() {
-                        // Named by address and port, so an endpoint keeps its chain while others come and go.
-                        let ec = "\(chainName(svc, p))/ep/\(ep.address.description.replacingColons())/\(port)"
-                        let dest = family == .v4 ? "\(ep.address):\(port)" : "[\(ep.address)]:\(port)"
-                        var rules = ["\(fam) saddr \(ep.address) jump mark-for-masquerade"]
-                        if let timeout = svc.affinityTimeout {
-                            // Session affinity as kube-proxy does it: each endpoint remembers its
-                            // clients for the timeout; a remembered client goes straight back.
-                            let set = "\(ec)/affinity"
-                            m.sets[set] = "{ type \(family == .v4 ? "ipv4_addr" : "ipv6_addr") ; flags dynamic,timeout ; timeout \(timeout)s ; }"
-                            rules.append("update @\(set) { \(fam) saddr }")
-                            sticky.append("\(fam) saddr @\(set) goto \(ec)")
+                    let local = ready.filter { $0.0.nodeName != nil && $0.0.nodeName == node }
+                    // A chain choosing at random among `backends` (session affinity first); nil
+                    // when there is none, and then the traffic is dropped, as Kubernetes does
+                    // for a Local policy without a local endpoint.
+                    func picker(_ name: String, _ backends: [(ServiceEndpoint, UInt16)]) -> String? {
+                        guard !backends.isEmpty else { return nil }
+                        var arms: [String] = [], sticky: [String] = []
+                        for (i, (ep, port)) in backends.enumerated() {
+                            let ec = endpointChain(svc, p, ep, port, into: &m)
+                            if svc.affinityTimeout != nil { sticky.append("\(family == .v4 ? "ip" : "ip6") saddr @\(ec)/affinity goto \(ec)") }
+                            arms.append("\(i) : goto \(ec)")
                         }
-                        rules.append("meta l4proto \(l4) dnat \(fam) to \(dest)")
-                        m.chains[ec] = rules
-                        arms.append("\(i) : goto \(ec)")
+                        m.chains[name] = sticky + ["numgen random mod \(backends.count) vmap { \(arms.joined(separator: ", ")) }"]
+                        return name
                     }
-                    m.chains[c] = sticky + ["numgen random mod \(backends.count) vmap { \(arms.joined(separator: ", ")) }"]
-                    for ip in vips { element(family == .v4 ? "service-ips" : "service-ips6", "\(ip) . \(l4) . \(p.port)", "goto \(c)") }
-                    if !external.isEmpty {
-                        // From outside the cluster: masqueraded, so replies come back this way.
-                        let xc = "\(c)/external"
-                        m.chains[xc] = ["jump mark-for-masquerade", "goto \(c)"]
-                        for ip in external { element(family == .v4 ? "service-ips" : "service-ips6", "\(ip) . \(l4) . \(p.port)", "goto \(xc)") }
+                    let all = picker(base, ready)!
+                    let inside = svc.internalLocal ? picker(base + "/local", local) : all
+                    let outside: String?
+                    if p.nodePort == nil && extIPs.isEmpty {
+                        outside = nil   // no traffic from outside
+                    } else if svc.externalLocal {
+                        outside = picker(base + "/local", local)
+                    } else {
+                        // Traffic from outside comes back through this node only if masqueraded.
+                        m.chains[base + "/external"] = ["jump mark-for-masquerade", "goto \(all)"]
+                        outside = base + "/external"
                     }
-                    familyChains.append((family, c))
+                    let map = family == .v4 ? "service-ips" : "service-ips6"
+                    for ip in vips { element(map, "\(ip) . \(l4) . \(p.port)", inside.map { "goto \($0)" } ?? "drop") }
+                    for ip in extIPs { element(map, "\(ip) . \(l4) . \(p.port)", outside.map { "goto \($0)" } ?? "drop") }
+                    if p.nodePort != nil { external.append((family, outside ?? "drop-chain")) }
                 }
                 if let np = p.nodePort {
-                    if familyChains.isEmpty {
+                    if external.isEmpty {
                         element("no-endpoint-nodeports", "\(l4) . \(np)", "goto reject-chain")
                     } else {
-                        // Traffic from outside comes back through this node only if masqueraded
-                        // (externalTrafficPolicy: Cluster).
                         let nc = "\(chainName(svc, p))/nodeport"
-                        m.chains[nc] = ["jump mark-for-masquerade"] + familyChains.map { "meta nfproto \($0.0 == .v4 ? "ipv4" : "ipv6") goto \($0.1)" } + ["goto reject-chain"]
+                        m.chains[nc] = external.map { "meta nfproto \($0.0 == .v4 ? "ipv4" : "ipv6") goto \($0.1)" } + ["goto reject-chain"]
                         element("service-nodeports", "\(l4) . \(np)", "goto \(nc)")
                     }
                 }
             }
         }
         return m
+    }
+
+    /// The chain that DNATs to one endpoint (and remembers its clients under session
+    /// affinity). Named by address and port, so it stays while other endpoints come and go.
+    static func endpointChain(_ svc: ClusterService, _ p: ClusterService.Port, _ ep: ServiceEndpoint, _ port: UInt16, into m: inout Model) -> String {
+        let ec = "\(chainName(svc, p))/ep/\(ep.address.description.replacingColons())/\(port)"
+        let fam = ep.address.family == .v4 ? "ip" : "ip6"
+        let dest = ep.address.family == .v4 ? "\(ep.address):\(port)" : "[\(ep.address)]:\(port)"
+        var rules = ["\(fam) saddr \(ep.address) jump mark-for-masquerade"]   // hairpin
+        if let timeout = svc.affinityTimeout {
+            // Session affinity as kube-proxy does it: each endpoint remembers its clients for
+            // the timeout; a remembered client goes straight back (see `picker`).
+            m.sets["\(ec)/affinity"] = "{ type \(ep.address.family == .v4 ? "ipv4_addr" : "ipv6_addr") ; flags dynamic,timeout ; timeout \(timeout)s ; }"
+            rules.append("update @\(ec)/affinity { \(fam) saddr }")
+        }
+        rules.append("meta l4proto \(proto(p.proto)) dnat \(fam) to \(dest)")
+        m.chains[ec] = rules
+        return ec
     }
 
     /// The whole table, replacing whatever is there, in one transaction.
@@ -137,6 +157,8 @@ public enum ServiceRules {
         add chain \(t) mark-for-masquerade
         add rule \(t) mark-for-masquerade meta mark set meta mark | \(masqMark)
         add chain \(t) reject-chain
+        add chain \(t) drop-chain
+        add rule \(t) drop-chain drop
         add rule \(t) reject-chain meta l4proto tcp reject with tcp reset
         add rule \(t) reject-chain reject
         add chain \(t) endpoints-check
