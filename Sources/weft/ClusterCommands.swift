@@ -121,7 +121,12 @@ struct Get: AsyncParsableCommand {
             print(Tables.render(allNamespaces ? header : Array(header.dropFirst()), objects.map { o in
                 let s = try? ClusterService(o)
                 let ports = (s?.ports ?? []).map { p in "\(p.port)\(p.nodePort.map { ":\($0)" } ?? "")/\(p.proto)" }.joined(separator: ",")
-                let eps = s.map { svc in svc.endpoints(from: pods).filter(\.ready).flatMap { ep in svc.ports.compactMap { ep.port(for: $0).map { "\(ep.address):\($0)" } } } } ?? []
+                // Ready endpoints of the service's address families, IPv6 in brackets.
+                let eps = s.map { svc in
+                    svc.endpoints(from: pods).filter { ep in ep.ready && svc.clusterIPs.contains { $0.family == ep.address.family } }.flatMap { ep in
+                        svc.ports.compactMap { ep.port(for: $0).map { ep.address.family == .v4 ? "\(ep.address):\($0)" : "[\(ep.address)]:\($0)" } }
+                    }
+                } ?? []
                 let row = [o.namespace ?? "default", o.name, s?.kind.rawValue ?? "?", s?.headless == true ? "None" : (s?.clusterIPs.first?.description ?? "<pending>"),
                            ports.isEmpty ? "<none>" : ports, eps.isEmpty ? "<none>" : eps.joined(separator: ",")]
                 return allNamespaces ? row : Array(row.dropFirst())
