@@ -164,7 +164,7 @@ public final class NodeAgent: Service, @unchecked Sendable {
             // Each node starts its search at its own place among the first free blocks, so nodes
             // that join together do not all race for the same block.
             let free = Array(freeBlocks(of: cidr, prefix: cluster.blockPrefix(cidr.family), taken: taken).prefix(256))
-            let start = free.isEmpty ? 0 : Int(stableHash(config.nodeName) % UInt64(free.count))
+            let start = free.isEmpty ? 0 : Int(fnv1a64(config.nodeName) % UInt64(free.count))
             for block in free[start...] + free[..<start] {
                 let value = Array(JSONValue.object([("cidr", .string(block.description)), ("node", .string(config.nodeName))]).serialized().utf8)
                 do {
@@ -380,11 +380,4 @@ actor PeerState {
     func liveNodes() -> [NodeInfo] {
         nodes.values.filter { live.contains($0.name) }.sorted { $0.name < $1.name }
     }
-}
-
-/// FNV-1a: the same for a name in every process and run (Swift's Hasher is seeded per process).
-func stableHash(_ s: String) -> UInt64 {
-    var h: UInt64 = 0xcbf2_9ce4_8422_2325
-    for b in s.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
-    return h
 }

@@ -157,7 +157,10 @@ public enum LabCluster {
     }
 
     /// A namespace plugged into the host network bridge with one address.
-    static func attach(ns: String, to state: LabState, port: String, address: String) throws {
+    public static func attach(ns: String, to state: LabState, port: String, address: String) throws {
+        // A namespace deleted a moment ago can linger in the kernel (its cleanup is
+        // asynchronous) with its veth, and so the port name, still taken: remove the port.
+        _ = try? sh(["ip", "-n", state.hostNetwork, "link", "del", port])
         try sh(["ip", "netns", "add", ns])
         try inNS(ns, ["ip", "link", "set", "lo", "up"])
         try inNS(state.hostNetwork, ["ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", "/run/netns/\(ns)"])

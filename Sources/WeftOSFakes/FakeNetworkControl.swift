@@ -420,8 +420,7 @@ public final class FakeNetworkControl: NetworkControl {
     /// link name and a per-namespace counter.
     fileprivate func makeMAC(_ name: String) -> [UInt8] {
         macCounter += 1
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for b in "\(label)/\(name)/\(macCounter)".utf8 { h ^= UInt64(b); h = h &* 0x0000_0100_0000_01b3 }
+        let h = fnv1a64("\(label)/\(name)/\(macCounter)")
         var mac = (0..<6).map { UInt8(truncatingIfNeeded: h >> UInt64(8 * $0)) }
         mac[0] = (mac[0] & 0xfc) | 0x02
         return mac

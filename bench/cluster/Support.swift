@@ -279,19 +279,9 @@ final class LabHandle {
         }
     }
 
-    /// A namespace plugged into the lab's host network, exactly as LabCluster.attach does
-    /// (attach is internal to WeftLab, so these are its `ip` commands).
+    /// A namespace plugged into the lab's host network, as `lab up` plugs in nodes.
     func attach(ns: String, port: String, address: String) throws {
-        // A namespace deleted a moment ago can linger in the kernel (its cleanup is
-        // asynchronous) with its veth, and so the port name, still taken: remove the port.
-        _ = try? runCmd(["ip", "-n", state.hostNetwork, "link", "del", port])
-        try sh(["ip", "netns", "add", ns])
-        try inNS(ns, ["ip", "link", "set", "lo", "up"])
-        try inNS(state.hostNetwork, ["ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", "/run/netns/\(ns)"])
-        try inNS(state.hostNetwork, ["ip", "link", "set", port, "master", "br0", "up"])
-        try inNS(ns, ["ip", "addr", "add", "\(address)/24", "dev", "eth0"])
-        try inNS(ns, ["ip", "link", "set", "eth0", "up"])
-        try inNS(ns, ["ip", "route", "add", "default", "via", "192.168.100.1"])
+        try LabCluster.attach(ns: ns, to: state, port: port, address: address)
     }
 
     /// Starts `weft agent` for an extra node with the command line LabCluster.startNode uses

@@ -246,8 +246,5 @@ public func formatMAC(_ b: [UInt8]) -> String {
 /// The host end of a pod's veth: a stable name derived from the attachment, so DEL can find it
 /// without the pod's namespace and a retried ADD finds what a crashed one left.
 public func hostVethName(containerID: String, ifname: String) -> String {
-    var h: UInt64 = 0xcbf2_9ce4_8422_2325 // FNV-1a 64
-    for b in "\(containerID)/\(ifname)".utf8 { h ^= UInt64(b); h = h &* 0x0000_0100_0000_01b3 }
-    let hex = String(h, radix: 16)
-    return "weft" + String((String(repeating: "0", count: 16 - hex.count) + hex).prefix(11))
+    "weft" + String(hex16(fnv1a64("\(containerID)/\(ifname)")).prefix(11))
 }

@@ -33,10 +33,7 @@ public enum Masquerade {
     }
 
     static func comment(for rule: String) -> String {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325 // FNV-1a 64
-        for b in rule.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
-        let hex = String(h, radix: 16)
-        return "pod traffic leaving the cluster weft:" + String(repeating: "0", count: 16 - hex.count) + hex
+        "pod traffic leaving the cluster weft:" + hex16(fnv1a64(rule))
     }
 
     public static func ensureScript(network: String, podRanges: [IPNetwork], clusterRanges: [IPNetwork]) -> String {
