@@ -66,12 +66,30 @@ public final class SQLiteDatastore: Datastore, Sendable {
         config.busyMode = .callback(Self.busyCallback(timeout: Self.busyTimeout))
         config.maximumReaderCount = 4
         do {
-            pool = try DatabasePool(path: path, configuration: config)
-            try pool.write { db in try Self.migrate(db) }
+            pool = try Self.open(path: path, configuration: config)
         } catch let error as DatastoreError {
             throw Self.annotate(error, path: path)
         } catch {
             throw DatastoreError.unavailable(Self.openFailureMessage(path: path, error: error))
+        }
+    }
+
+    /// Opens the pool and brings the schema up to date. Several processes opening a file at
+    /// once (agents and runtimes of a node starting together) can get SQLITE_BUSY without the
+    /// busy handler ever running: SQLite returns it at once where waiting could deadlock (a
+    /// connection upgrading its read lock while switching a new file to WAL) and while another
+    /// connection recovers or cleans up the write-ahead log. Those are transient: the whole
+    /// open is retried until `busyTimeout` has passed.
+    private static func open(path: String, configuration: Configuration) throws -> DatabasePool {
+        let deadline = Date().addingTimeInterval(busyTimeout)
+        while true {
+            do {
+                let pool = try DatabasePool(path: path, configuration: configuration)
+                try pool.write { db in try migrate(db) }
+                return pool
+            } catch let e as DatabaseError where (e.resultCode == .SQLITE_BUSY || e.resultCode == .SQLITE_LOCKED) && Date() < deadline {
+                usleep(UInt32.random(in: 5_000...25_000))
+            }
         }
     }
 
@@ -443,18 +461,27 @@ public final class SQLiteDatastore: Datastore, Sendable {
     // MARK: Access and errors
 
     private func read<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
-        do {
-            return try await pool.read(body)
-        } catch {
-            throw mapError(error)
-        }
+        try await retryingBusy { try await self.pool.read(body) }
     }
 
+    /// A write transaction is IMMEDIATE (GRDB's default for writes), so a busy error leaves
+    /// nothing done and the body can run again.
     private func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
-        do {
-            return try await pool.write(body)
-        } catch {
-            throw mapError(error)
+        try await retryingBusy { try await self.pool.write(body) }
+    }
+
+    /// Runs `access` again on the SQLITE_BUSY that SQLite returns without waiting (see `open`)
+    /// until `busyTimeout` has passed; a busy error after the handler's full wait is final.
+    private func retryingBusy<T: Sendable>(_ access: () async throws -> T) async throws -> T {
+        let deadline = Date().addingTimeInterval(Self.busyTimeout)
+        while true {
+            do {
+                return try await access()
+            } catch let e as DatabaseError where (e.resultCode == .SQLITE_BUSY || e.resultCode == .SQLITE_LOCKED) && Date() < deadline {
+                try await Task.sleep(for: .milliseconds(Int.random(in: 5...25)))
+            } catch {
+                throw mapError(error)
+            }
         }
     }
 

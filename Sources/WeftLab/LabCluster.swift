@@ -1,5 +1,6 @@
 import WeftCore
 import WeftOS
+import WeftDatastore
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -117,6 +118,8 @@ public enum LabCluster {
                 }
                 state.datastore = "etcd://" + (0..<3).map { "\(hostSubnet).\(2 + $0):2379" }.joined(separator: ",")
             } else {
+                // Made here, before the agents and runtimes that would otherwise all create it at once.
+                _ = try SQLiteDatastore(path: "\(dir)/weft.db")
                 state.datastore = "sqlite://\(dir)/weft.db"
             }
 
