@@ -83,6 +83,9 @@ public final class NodeAgent: Service, @unchecked Sendable {
             group.addTask { try await self.resyncTicker() }
             group.addTask { try await self.reconcileLoop(mode: cluster.mode) }
             group.addTask { try await ServiceProxy(store: self.store, logger: self.logger, node: self.config.nodeName).run() }
+            group.addTask {
+                try await EndpointSliceController(store: self.store, logger: self.logger, node: self.config.nodeName, leaseTTL: self.config.leaseTTL).run()
+            }
             try await group.next()
             group.cancelAll()
         }

@@ -2,7 +2,8 @@ import Logging
 import WeftCore
 import WeftOS
 
-/// The agent's kube-proxy: follows Services and Pods in the datastore and keeps the node's
+/// The agent's kube-proxy: follows Services and EndpointSlices (weft's own and any other
+/// controller's) in the datastore and keeps the node's
 /// `inet weft-services` table equal to what they describe. Level-based: each change (bursts
 /// coalesce) recomputes the desired model from the datastore and writes only the difference
 /// from what was last written (a changed endpoint touches its service's chains and elements).
@@ -19,8 +20,8 @@ struct ServiceProxy: Sendable {
     func run() async throws {
         let (changes, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await follow(Keys.services, wake: wake) }
-            group.addTask { try await follow(Keys.pods, wake: wake) }
+            group.addTask { try await wakeOnChanges(store, prefix: Keys.services, logger: logger, wake: wake) }
+            group.addTask { try await wakeOnChanges(store, prefix: Keys.endpointSlices, logger: logger, wake: wake) }
             group.addTask {
                 while !Task.isCancelled {
                     try await Task.sleep(for: .milliseconds(Int(resyncSeconds * 1000)))
@@ -33,20 +34,6 @@ struct ServiceProxy: Sendable {
         }
     }
 
-    /// Wakes the applier on every event under `prefix`; relists after a broken watch.
-    private func follow(_ prefix: String, wake: AsyncStream<Void>.Continuation) async throws {
-        while !Task.isCancelled {
-            do {
-                let (_, rev) = try await store.list(prefix: prefix)
-                wake.yield()
-                for try await _ in store.watch(prefix: prefix, afterRevision: rev) { wake.yield() }
-            } catch is CancellationError { return } catch {
-                logger.warning("services watch interrupted; relisting", metadata: ["prefix": "\(prefix)", "error": "\(error)"])
-                try await Task.sleep(for: .milliseconds(200))
-            }
-        }
-    }
-
     private func apply(_ changes: AsyncStream<Void>) async throws {
         let nft = LibNFTables()
         var applied: ServiceRules.Model?
@@ -54,14 +41,14 @@ struct ServiceProxy: Sendable {
         for await _ in changes {
             do {
                 let services = try await store.list(prefix: Keys.services).items.compactMap { try? KubeObject(bytes: $0.value) }
-                let pods = try await store.list(prefix: Keys.pods).items.compactMap { try? KubeObject(bytes: $0.value) }
+                let slices = try await store.list(prefix: Keys.endpointSlices).items.compactMap { try? KubeObject(bytes: $0.value) }
                 var entries: [ServiceRules.Entry] = []
                 for o in services {
                     guard let s = try? ClusterService(o) else {
                         logger.warning("skipping a service the datastore holds but weft cannot read", metadata: ["service": "\(o.namespace ?? "default")/\(o.name)"])
                         continue
                     }
-                    entries.append(.init(service: s, endpoints: s.endpoints(from: pods)))
+                    entries.append(.init(service: s, endpoints: EndpointSlices.endpoints(for: s, in: slices)))
                 }
                 let want = ServiceRules.model(entries, node: node)
                 let due = ContinuousClock.now - lastFull >= .milliseconds(Int(resyncSeconds * 1000))

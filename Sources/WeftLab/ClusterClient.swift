@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import WeftCore
 import WeftOS
 
@@ -17,7 +20,7 @@ public struct ClusterClient: Sendable {
                 l["kubernetes.io/metadata.name"] = o.name
                 o.labels = l
             }
-            if o.kind == "Service" || o.kind == "Pod" {
+            if o.kind == "Service" || o.kind == "Pod" || o.kind == "EndpointSlice" {
                 try await placeInNamespace(&o)
             }
             if o.kind == "Service" {
@@ -39,7 +42,12 @@ public struct ClusterClient: Sendable {
                 }
                 existing.labels = o.labels
                 existing.annotations = o.annotations
-                if o.kind != "Pod" { existing.json = existing.json.setting("spec", to: o.json["spec"]) }
+                if o.kind == "EndpointSlice" {
+                    // Its data sits beside metadata, not in a spec.
+                    for f in ["addressType", "endpoints", "ports"] { existing.json = existing.json.setting(f, to: o.json[f]) }
+                } else if o.kind != "Pod" {
+                    existing.json = existing.json.setting("spec", to: o.json["spec"])
+                }
                 try await store.update(key, value: existing.bytes, expectedRevision: kv.modRevision)
                 lines.append("\(o.kind.lowercased())/\(o.name) configured")
             } else {
@@ -75,11 +83,18 @@ public struct ClusterClient: Sendable {
         return nodes.map(\.name).min { (load[$0] ?? 0, $0) < (load[$1] ?? 0, $1) }!
     }
 
-    public func delete(_ objects: [KubeObject]) async throws -> [String] {
+    /// Deletes what `objects` name. A running pod is deleted gracefully, as Kubernetes does: it
+    /// gets a deletionTimestamp and its node's runtime runs the preStop hook, stops its
+    /// processes within the grace period (`gracePeriod`, else the pod's
+    /// terminationGracePeriodSeconds, else 30 s) and removes it; meanwhile it is a terminating
+    /// endpoint. Grace 0, or a pod that never ran, goes at once. With `wait`, returns when every
+    /// pod named is gone.
+    public func delete(_ objects: [KubeObject], gracePeriod: Int? = nil, wait: Bool = true) async throws -> [String] {
         var lines: [String] = []
+        var draining: [String] = []
         for o in objects {
             var o = o
-            if (o.kind == "Pod" || o.kind == "Service") && o.namespace == nil { o.setMeta("namespace", .string("default")) }
+            if ["Pod", "Service", "EndpointSlice"].contains(o.kind) && o.namespace == nil { o.setMeta("namespace", .string("default")) }
             let key = try Keys.key(for: o)
             if o.kind == "Node" {
                 // A departed node's pod ranges go back to the pool.
@@ -88,11 +103,48 @@ public struct ClusterClient: Sendable {
                 }
             }
             guard let stored = try await store.get(key) else { lines.append("\(o.kind.lowercased())/\(o.name) not found"); continue }
+            if o.kind == "Pod", try await markTerminating(key: key, gracePeriod: gracePeriod) {
+                draining.append(key)
+                lines.append("pod/\(o.name) deleted")
+                continue
+            }
             try await store.delete(key, expectedRevision: nil)
             if o.kind == "Service" { try await ServiceAllocator(store: store).release(try KubeObject(bytes: stored.value)) }
             lines.append("\(o.kind.lowercased())/\(o.name) deleted")
         }
+        if wait {
+            for key in draining {
+                let grace = (try? await store.get(key)).flatMap { $0 }.flatMap { try? KubeObject(bytes: $0.value) }?
+                    .json["metadata"]?["deletionGracePeriodSeconds"]?.intValue ?? 30
+                let deadline = ContinuousClock.now + .seconds(grace + 30)
+                while try await store.get(key) != nil {
+                    guard ContinuousClock.now < deadline else {
+                        throw ManifestError("\(key.dropFirst(Keys.pods.count)) is still terminating after \(grace + 30) s; is its node's runtime running?")
+                    }
+                    try await Task.sleep(for: .milliseconds(100))
+                }
+            }
+        }
         return lines
+    }
+
+    /// Sets deletionTimestamp and deletionGracePeriodSeconds on a running pod (its runtime does
+    /// the rest); false when the pod should simply be removed (never ran, or grace 0).
+    func markTerminating(key: String, gracePeriod: Int?) async throws -> Bool {
+        while true {
+            guard let kv = try await store.get(key) else { return true } // gone meanwhile: nothing left to do
+            var pod = try KubeObject(bytes: kv.value)
+            let grace = gracePeriod ?? pod.spec["terminationGracePeriodSeconds"]?.intValue ?? 30
+            guard grace > 0, pod.status["phase"]?.stringValue == "Running" else { return false }
+            if pod.json["metadata"]?["deletionTimestamp"] != nil {
+                // Already terminating: only a shorter grace period is taken, as Kubernetes does.
+                guard grace < pod.json["metadata"]?["deletionGracePeriodSeconds"]?.intValue ?? .max else { return true }
+            } else {
+                pod.setMeta("deletionTimestamp", .string(rfc3339Now()))
+            }
+            pod.setMeta("deletionGracePeriodSeconds", .number(Double(grace)))
+            do { try await store.update(key, value: pod.bytes, expectedRevision: kv.modRevision); return true } catch DatastoreError.conflict { continue }
+        }
     }
 
     public func list(_ prefix: String) async throws -> [KubeObject] {
@@ -157,4 +209,14 @@ public enum Tables {
         }
         return ([line(header)] + rows.map(line)).joined(separator: "\n")
     }
+}
+
+/// The current time as Kubernetes writes timestamps (RFC 3339, UTC, seconds).
+func rfc3339Now() -> String {
+    var t = time(nil)
+    var parts = tm()
+    gmtime_r(&t, &parts)
+    var buf = [CChar](repeating: 0, count: 32)
+    let n = strftime(&buf, buf.count, "%Y-%m-%dT%H:%M:%SZ", &parts)
+    return String(decoding: buf[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
 }

@@ -4,7 +4,9 @@ import Yams
 /// Reads Kubernetes manifests (YAML or JSON, several documents, `kind: List` flattened) and
 /// checks the fields weft acts on, naming the document, field and value on error.
 public enum Manifests {
-    public static func parse(_ text: String, source: String) throws(ManifestError) -> [KubeObject] {
+    /// - identityOnly: check only what names each object (kind, name, namespace), as deleting
+    ///   needs; `weft delete` takes `kind`, `metadata.name` alone, as kubectl does.
+    public static func parse(_ text: String, source: String, identityOnly: Bool = false) throws(ManifestError) -> [KubeObject] {
         let docs: [Any?]
         do {
             // load_all's sequence stops silently at a syntax error; the parser reports it.
@@ -21,10 +23,10 @@ public enum Manifests {
             let json = try toJSON(d, path: where_)
             if json["kind"]?.stringValue == "List" {
                 for (j, item) in (json["items"]?.arrayValue ?? []).enumerated() {
-                    out.append(try validate(KubeObject(json: item), where: "\(where_) items[\(j)]"))
+                    out.append(try validate(KubeObject(json: item), where: "\(where_) items[\(j)]", identityOnly: identityOnly))
                 }
             } else {
-                out.append(try validate(KubeObject(json: json), where: where_))
+                out.append(try validate(KubeObject(json: json), where: where_, identityOnly: identityOnly))
             }
         }
         guard !out.isEmpty else { throw ManifestError("\(source): no objects found") }
@@ -55,7 +57,7 @@ public enum Manifests {
         return s.allSatisfy { ($0.isASCII && ($0.isLowercase || $0.isNumber)) || $0 == "-" }
     }
 
-    static func validate(_ o: KubeObject, where w: String) throws(ManifestError) -> KubeObject {
+    static func validate(_ o: KubeObject, where w: String, identityOnly: Bool = false) throws(ManifestError) -> KubeObject {
         guard !o.kind.isEmpty else { throw ManifestError("\(w): kind is missing") }
         guard !o.apiVersion.isEmpty else { throw ManifestError("\(w): apiVersion is missing") }
         guard isDNSLabel(o.name) else {
@@ -63,7 +65,9 @@ public enum Manifests {
         }
         if let ns = o.namespace, !isDNSLabel(ns) { throw ManifestError("\(w): metadata.namespace \"\(ns)\" is not a valid namespace name") }
         _ = try Keys.key(for: o)
+        if identityOnly { return o }
         if o.kind == "Service" { _ = try ClusterService(o) }
+        if o.kind == "EndpointSlice" { try EndpointSlices.validate(o) }
         if o.kind == "Pod" {
             for (i, c) in (o.spec["containers"]?.arrayValue ?? []).enumerated() {
                 for (j, p) in (c["ports"]?.arrayValue ?? []).enumerated() {

@@ -28,8 +28,11 @@ public final class NodeRuntime: Service, @unchecked Sendable {
     let config: Config
     let store: any Datastore
     let logger: Logger
-    /// Pods this runtime has wired: key -> (container ID, namespace name).
+    /// Pods this runtime has wired: key -> (container ID, namespace name). Touched only by the
+    /// watch loop (`sync`).
     private var running: [String: (id: String, netns: String)] = [:]
+    /// Pods being terminated by a task of their own; the task removes the pod's key when done.
+    private var terminating: Set<String> = []
 
     public init(config: Config, store: any Datastore, logger: Logger) {
         self.config = config; self.store = store; self.logger = logger
@@ -65,7 +68,18 @@ public final class NodeRuntime: Service, @unchecked Sendable {
         for kv in items {
             guard let pod = try? KubeObject(bytes: kv.value), pod.nodeName == config.nodeName else { continue }
             present.insert(kv.key)
-            if running[kv.key] != nil { continue }
+            if let wired = running[kv.key] {
+                if pod.json["metadata"]?["deletionTimestamp"] != nil && !terminating.contains(kv.key) {
+                    terminating.insert(kv.key)
+                    Task { await self.terminate(pod, key: kv.key, id: wired.id, netns: wired.netns) }
+                }
+                continue
+            }
+            if pod.json["metadata"]?["deletionTimestamp"] != nil {
+                // Terminating but never wired here (this runtime restarted): nothing runs; remove it.
+                try? await store.delete(kv.key, expectedRevision: kv.modRevision)
+                continue
+            }
             let id = "\(pod.namespace ?? "default")-\(pod.name)-\(kv.createRevision)"
             let netns = NodeRuntime.netnsName(labID: config.labID, namespace: pod.namespace ?? "default", pod: pod.name)
             do {
@@ -81,8 +95,45 @@ public final class NodeRuntime: Service, @unchecked Sendable {
             }
         }
         for (key, pod) in running where !present.contains(key) {
-            stopPod(id: pod.id, netns: pod.netns, name: String(key.dropFirst(Keys.pods.count)))
+            // A terminating pod's task has stopped it already (or is about to).
+            if !terminating.contains(key) { stopPod(id: pod.id, netns: pod.netns, name: String(key.dropFirst(Keys.pods.count))) }
             running[key] = nil
+            terminating.remove(key)
+        }
+    }
+
+    /// Kubelet's graceful termination: the preStop hook (only `sleep` exists here; the pod keeps
+    /// serving meanwhile, as a terminating endpoint), then SIGTERM to the pod's processes,
+    /// SIGKILL to those left when the grace period ends, the Ready condition false, CNI DEL,
+    /// and the pod object removed.
+    func terminate(_ pod: KubeObject, key: String, id: String, netns: String) async {
+        let grace = pod.json["metadata"]?["deletionGracePeriodSeconds"]?.intValue ?? 30
+        let deadline = ContinuousClock.now + .seconds(grace)
+        let preStop = (pod.spec["containers"]?.arrayValue ?? []).compactMap { $0["lifecycle"]?["preStop"]?["sleep"]?["seconds"]?.intValue }.max() ?? 0
+        if preStop > 0 { try? await Task.sleep(until: min(ContinuousClock.now + .seconds(preStop), deadline)) }
+        signalPod(netns, SIGTERM)
+        while ContinuousClock.now < deadline, !podPIDs(netns).isEmpty { try? await Task.sleep(for: .milliseconds(50)) }
+        try? await setReady(key: key, false)
+        stopPod(id: id, netns: netns, name: String(key.dropFirst(Keys.pods.count)))
+        do { try await store.delete(key, expectedRevision: nil) } catch {
+            logger.error("could not remove a terminated pod", metadata: ["pod": "\(key)", "error": "\(error)"])
+        }
+    }
+
+    func podPIDs(_ netns: String) -> [pid_t] {
+        ((try? run(["ip", "netns", "pids", netns])) ?? "").split(separator: "\n").compactMap { pid_t($0) }
+    }
+
+    func signalPod(_ netns: String, _ signal: Int32) {
+        for pid in podPIDs(netns) { kill(pid, signal) }
+    }
+
+    func setReady(key: String, _ ready: Bool) async throws {
+        while true {
+            guard let kv = try await store.get(key) else { return }
+            var pod = try KubeObject(bytes: kv.value)
+            pod.setStatus("conditions", .array([.object([("type", .string("Ready")), ("status", .string(ready ? "True" : "False"))])]))
+            do { try await store.update(key, value: pod.bytes, expectedRevision: kv.modRevision); return } catch DatastoreError.conflict { continue }
         }
     }
 
@@ -102,9 +153,7 @@ public final class NodeRuntime: Service, @unchecked Sendable {
     }
 
     func stopPod(id: String, netns: String, name: String) {
-        if let pids = try? run(["ip", "netns", "pids", netns]) {
-            for p in pids.split(separator: "\n") { if let pid = pid_t(p) { kill(pid, SIGKILL) } }
-        }
+        signalPod(netns, SIGKILL)
         let podParts = name.split(separator: "/")
         var pod = KubeObject(apiVersion: "v1", kind: "Pod", name: podParts.count == 2 ? String(podParts[1]) : name, namespace: podParts.count == 2 ? String(podParts[0]) : nil)
         if let cached = try? Files.read("\(config.cacheDir)/\(id).json"), let j = try? JSONValue.parse(cached) { pod.setStatus("cached", j) }
@@ -153,6 +202,7 @@ public final class NodeRuntime: Service, @unchecked Sendable {
             guard let kv = try await store.get(key) else { return }
             var pod = try KubeObject(bytes: kv.value)
             pod.setStatus("phase", .string(error == nil ? "Running" : "Failed"))
+            pod.setStatus("conditions", .array([.object([("type", .string("Ready")), ("status", .string(error == nil ? "True" : "False"))])]))
             pod.setStatus("hostIP", .string(hostIP()))
             if let first = ips.first { pod.setStatus("podIP", .string(first)) }
             pod.setStatus("podIPs", ips.isEmpty ? nil : .array(ips.map { .object([("ip", .string($0))]) }))

@@ -33,12 +33,12 @@ func reexec(in netns: String) -> Never {
     fatalError("cannot run ip netns exec: \(String(cString: strerror(errno)))")
 }
 
-func readManifest(_ path: String) throws -> [KubeObject] {
+func readManifest(_ path: String, identityOnly: Bool = false) throws -> [KubeObject] {
     let text: String
     do { text = path == "-" ? String(decoding: try Files.read("/dev/stdin"), as: UTF8.self) : try Files.readString(path) } catch {
         throw ValidationError("cannot read \(path): \(error)")
     }
-    return try Manifests.parse(text, source: path)
+    return try Manifests.parse(text, source: path, identityOnly: identityOnly)
 }
 
 struct Apply: AsyncParsableCommand {
@@ -65,23 +65,31 @@ struct Apply: AsyncParsableCommand {
 }
 
 struct Delete: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Delete the objects of a manifest (pods get CNI DEL on their node).")
+    static let configuration = CommandConfiguration(abstract: "Delete the objects of a manifest (pods get CNI DEL on their node).",
+        discussion: "Running pods terminate gracefully, as in Kubernetes: preStop hook, then their processes are stopped within the grace period; meanwhile they are terminating endpoints of their services.")
     @OptionGroup var cluster: ClusterOptions
     @Option(name: .shortAndLong, help: "Manifest file, or - for stdin.") var filename: String
+    @Option(name: .customLong("grace-period"), help: "Seconds pods get to terminate (default: each pod's terminationGracePeriodSeconds, else 30); 0 deletes at once.")
+    var gracePeriod: Int?
+    @Option(help: "Wait until the pods are gone: true or false.") var wait = true
+
+    func validate() throws {
+        if let g = gracePeriod, g < 0 { throw ValidationError("--grace-period \(g): give 0 or more seconds") }
+    }
 
     func run() async throws {
         // Open first: for an etcd lab this re-runs the command inside the lab's network, and
         // the re-run process must be the one that reads stdin.
         let (store, _) = try cluster.open()
-        let objects = try readManifest(filename)
-        for line in try await ClusterClient(store: store).delete(objects) { print(line) }
+        let objects = try readManifest(filename, identityOnly: true)
+        for line in try await ClusterClient(store: store).delete(objects, gracePeriod: gracePeriod, wait: wait) { print(line) }
     }
 }
 
 struct Get: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "List pods, nodes or namespaces, as kubectl get does.")
+    static let configuration = CommandConfiguration(abstract: "List pods, nodes, namespaces, services or endpointslices, as kubectl get does.")
     @OptionGroup var cluster: ClusterOptions
-    @Argument(help: "pods, nodes, namespaces or services.") var resource: String
+    @Argument(help: "pods, nodes, namespaces, services or endpointslices.") var resource: String
     @Flag(name: [.customShort("A"), .customLong("all-namespaces")], help: "Pods of every namespace.") var allNamespaces = false
     @Option(name: .shortAndLong, help: "Namespace of the pods.") var namespace = "default"
     @Option(name: .shortAndLong, help: "Output: wide or json.") var output: String?
@@ -97,7 +105,9 @@ struct Get: AsyncParsableCommand {
         case "namespaces", "namespace", "ns": objects = try await client.list(Keys.namespaces)
         case "services", "service", "svc":
             objects = try await client.list(Keys.services).filter { allNamespaces || ($0.namespace ?? "default") == namespace }
-        default: throw ValidationError("unknown resource \"\(resource)\"; expected pods, nodes, namespaces or services")
+        case "endpointslices", "endpointslice":
+            objects = try await client.list(Keys.endpointSlices).filter { allNamespaces || ($0.namespace ?? "default") == namespace }
+        default: throw ValidationError("unknown resource \"\(resource)\"; expected pods, nodes, namespaces, services or endpointslices")
         }
         objects.sort { ($0.namespace ?? "", $0.name) < ($1.namespace ?? "", $1.name) }
         if output == "json" {
@@ -106,6 +116,16 @@ struct Get: AsyncParsableCommand {
         }
         guard output == nil || output == "wide" else { throw ValidationError("-o \(output!): expected wide or json") }
         switch resource.prefix(2) {
+        case "en":
+            // kubectl's columns.
+            let header = ["NAMESPACE", "NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS"]
+            print(Tables.render(allNamespaces ? header : Array(header.dropFirst()), objects.map { o in
+                let ports = (o.json["ports"]?.arrayValue ?? []).compactMap { $0["port"]?.intValue.map(String.init) }.joined(separator: ",")
+                let addrs = (o.json["endpoints"]?.arrayValue ?? []).flatMap { ($0["addresses"]?.arrayValue ?? []).compactMap(\.stringValue) }
+                let row = [o.namespace ?? "default", o.name, o.json["addressType"]?.stringValue ?? "?", ports.isEmpty ? "<unset>" : ports,
+                           addrs.isEmpty ? "<unset>" : addrs.joined(separator: ",")]
+                return allNamespaces ? row : Array(row.dropFirst())
+            }))
         case "po":
             var header = ["NAMESPACE", "NAME", "STATUS", "IP"]
             if output == "wide" { header += ["NODE", "IPS"] }
@@ -115,15 +135,15 @@ struct Get: AsyncParsableCommand {
                 return allNamespaces ? row : Array(row.dropFirst())
             }))
         case "se", "sv":
-            // kubectl's columns, plus the endpoints the service selects (ready ones).
-            let pods = try await client.list(Keys.pods)
+            // kubectl's columns, plus the ready endpoints its EndpointSlices list.
+            let slices = try await client.list(Keys.endpointSlices)
             let header = ["NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "PORT(S)", "ENDPOINTS"]
             print(Tables.render(allNamespaces ? header : Array(header.dropFirst()), objects.map { o in
                 let s = try? ClusterService(o)
                 let ports = (s?.ports ?? []).map { p in "\(p.port)\(p.nodePort.map { ":\($0)" } ?? "")/\(p.proto)" }.joined(separator: ",")
                 // Ready endpoints of the service's address families, IPv6 in brackets.
                 let eps = s.map { svc in
-                    svc.endpoints(from: pods).filter { ep in ep.ready && svc.clusterIPs.contains { $0.family == ep.address.family } }.flatMap { ep in
+                    EndpointSlices.endpoints(for: svc, in: slices).filter { ep in ep.ready && svc.clusterIPs.contains { $0.family == ep.address.family } }.flatMap { ep in
                         svc.ports.compactMap { ep.port(for: $0).map { ep.address.family == .v4 ? "\(ep.address):\($0)" : "[\(ep.address)]:\($0)" } }
                     }
                 } ?? []

@@ -160,6 +160,117 @@ struct ServicesTests {
         #expect(onlyA, "after web-b's deletion only web-a answers")
     }
 
+    /// Polls `body` every 100 ms for up to `seconds`; true once it holds.
+    func eventually(_ seconds: Double, _ body: () throws -> Bool) rethrows -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if try body() { return true }
+            usleep(100_000)
+        }
+        return try body()
+    }
+
+    @Test("EndpointSlices: written for selectors, honoured from another controller; a terminating pod drains, then the service rejects")
+    func endpointSlicesAndTermination() throws {
+        let lab = try MultiNodeTests.TestLab(nodes: 2, mode: "native")
+        let manifest = """
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: old, labels: {app: drain}}
+        spec:
+          nodeName: node0
+          terminationGracePeriodSeconds: 30
+          containers: [{name: web, image: agnhost, ports: [{containerPort: 8080, name: http}], lifecycle: {preStop: {sleep: {seconds: 10}}}}]
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: client}
+        spec: {nodeName: node1, containers: [{name: c, image: agnhost}]}
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {name: drain}
+        spec: {selector: {app: drain}, ports: [{name: http, port: 80, targetPort: http}]}
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {name: manual}
+        spec: {ports: [{name: http, port: 80}]}
+        """
+        let apply = try lab.run(["apply", "-f", "-"], stdin: manifest)
+        try #require(apply.status == 0, "\(apply.stdout)\(apply.stderr)")
+        func items(_ what: String) throws -> [JSONValue] { try lab.run(["get", what, "-o", "json"]).json?["items"]?.arrayValue ?? [] }
+        func named(_ list: [JSONValue], _ n: String) -> JSONValue? { list.first { $0["metadata"]?["name"]?.stringValue == n } }
+        let svcs = try items("services")
+        let vip = try #require(named(svcs, "drain")?["spec"]?["clusterIP"]?.stringValue)
+        let manualVIP = try #require(named(svcs, "manual")?["spec"]?["clusterIP"]?.stringValue)
+        let oldIP = try #require(named(try items("pods"), "old")?["status"]?["podIP"]?.stringValue)
+        let client = lab.podNS("default", "client")
+
+        // weft's controller writes the slice of the selecting service: old's address, ready.
+        func drainSlices() throws -> [JSONValue] {
+            try items("endpointslices").filter { $0["metadata"]?["labels"]?["kubernetes.io/service-name"]?.stringValue == "drain" }
+        }
+        func conditions(_ ip: String) throws -> String? {
+            for slice in try drainSlices() {
+                for e in slice["endpoints"]?.arrayValue ?? [] where e["addresses"]?.arrayValue?.first?.stringValue == ip {
+                    let c = e["conditions"]
+                    return ["ready", "serving", "terminating"].map { "\($0)=\(c?[$0]?.boolValue ?? false)" }.joined(separator: " ")
+                }
+            }
+            return nil
+        }
+        #expect(try eventually(10) { try conditions(oldIP) == "ready=true serving=true terminating=false" }, "\((try? drainSlices()) ?? [])")
+        #expect(try drainSlices().allSatisfy { $0["metadata"]?["labels"]?["endpointslice.kubernetes.io/managed-by"]?.stringValue == "endpointslice-controller.weft.io" })
+        #expect(try eventually(10) { ((try? probe(client, "\(vip):80").stdout) ?? "").hasPrefix("old ") }, "the service answers from old")
+
+        // A slice another controller wrote for a service without a selector is used as it is.
+        let manualSlice = """
+        apiVersion: discovery.k8s.io/v1
+        kind: EndpointSlice
+        metadata: {name: manual-1, labels: {kubernetes.io/service-name: manual, endpointslice.kubernetes.io/managed-by: test-controller}}
+        addressType: IPv4
+        ports: [{name: http, port: 8080, protocol: TCP}]
+        endpoints: [{addresses: [\(oldIP)], conditions: {ready: true}}]
+        """
+        try #require(try lab.run(["apply", "-f", "-"], stdin: manualSlice).status == 0)
+        #expect(try eventually(10) { ((try? probe(client, "\(manualVIP):80").stdout) ?? "").hasPrefix("old ") }, "the hand-written slice is honoured")
+
+        // Deleting old: during its preStop sleep it is terminating but still serving, and, being
+        // the only endpoint, still gets the traffic (Kubernetes' fallback).
+        let del = try lab.run(["delete", "-f", "-", "--wait", "false"], stdin: "apiVersion: v1\nkind: Pod\nmetadata: {name: old}\n")
+        try #require(del.status == 0, "\(del.stderr)")
+        #expect(try eventually(5) { try conditions(oldIP) == "ready=false serving=true terminating=true" }, "\((try? drainSlices()) ?? [])")
+        let draining = try answers(client, "\(vip):80", tries: 5)
+        #expect(draining.allSatisfy { $0.hasPrefix("old ") }, "a terminating endpoint takes traffic while none is ready: \(draining)")
+
+        // A new ready pod takes all the traffic while old still drains.
+        let new = try lab.run(["apply", "-f", "-"], stdin: """
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: new, labels: {app: drain}}
+        spec: {nodeName: node1, containers: [{name: web, image: agnhost, ports: [{containerPort: 8080, name: http}]}]}
+        """)
+        try #require(new.status == 0, "\(new.stderr)")
+        #expect(try eventually(5) { try answers(client, "\(vip):80", tries: 5).allSatisfy { $0.hasPrefix("new ") } }, "the ready endpoint only")
+        #expect(named(try items("pods"), "old") != nil, "old is still terminating (preStop of 10 s)")
+
+        // After the grace, old is gone: from the pods, from the slice, and its traffic with it.
+        #expect(try eventually(20) { named(try items("pods"), "old") == nil }, "old terminated")
+        #expect(try eventually(5) { try conditions(oldIP) == nil })
+        // Grace 0 deletes at once; with no endpoint left the service refuses at once.
+        try #require(try lab.run(["delete", "-f", "-", "--grace-period", "0"], stdin: "apiVersion: v1\nkind: Pod\nmetadata: {name: new}\n").status == 0)
+        #expect(try eventually(10) {
+            let r = try probe(client, "\(vip):80")
+            return r.status != 0 && r.stderr.contains("refused")
+        }, "no endpoint: rejected")
+
+        // Deleting the service removes weft's slices; the other controller's slice stays.
+        try #require(try lab.run(["delete", "-f", "-"], stdin: "apiVersion: v1\nkind: Service\nmetadata: {name: drain}\n").status == 0)
+        #expect(try eventually(10) { try drainSlices().isEmpty })
+        #expect(named(try items("endpointslices"), "manual-1") != nil, "the other controller's slice is not touched")
+    }
+
     @Test("bad Services: a taken NodePort or ClusterIP, one outside the range, bad ports; nothing running disturbed")
     func badServices() throws {
         let lab = try MultiNodeTests.TestLab(nodes: 1, mode: "native")

@@ -27,7 +27,7 @@ func entries(_ n: Int, shift: Int = 0) throws -> [ServiceRules.Entry] {
         svc.clusterIPs = [IPAddress(family: .v4, value: UInt128(0x0A60_0000 + 16 + i))]   // 10.96.0.16 + i
         let eps = (0..<10).map { e in
             ServiceEndpoint(pod: "s\(i)-\(e)", address: IPAddress(family: .v4, value: UInt128(0x0AF4_0000 + i * 16 + e + (i == 0 ? shift : 0))),
-                            ready: true, nodeName: "node0", namedPorts: [:])
+                            ready: true, nodeName: "node0", ports: ["": 8080])
         }
         return ServiceRules.Entry(service: svc, endpoints: eps)
     }

@@ -32,6 +32,8 @@ public struct ClusterService: Sendable, Equatable {
     /// `externalTrafficPolicy: Local`: traffic from outside (node ports, external IPs) only to
     /// this node's endpoints, with the client's address kept (no masquerade).
     public var externalLocal: Bool
+    /// `spec.externalName`: the DNS name an ExternalName service is a CNAME to; nil for other types.
+    public var externalName: String?
 
     public static let nodePortRange: ClosedRange<Int> = 30000...32767
 
@@ -146,33 +148,47 @@ public struct ClusterService: Sendable, Equatable {
             out.append(Port(name: pname, proto: proto, port: UInt16(port), targetPort: target, nodePort: nodePort))
         }
         ports = out
-    }
-}
-
-/// One backend of a service: a pod selected by it, with its address and named ports.
-public struct ServiceEndpoint: Sendable, Equatable {
-    public var pod: String
-    public var address: IPAddress
-    public var ready: Bool
-    public var nodeName: String?
-    public var namedPorts: [String: UInt16]
-
-    public init(pod: String, address: IPAddress, ready: Bool, nodeName: String?, namedPorts: [String: UInt16]) {
-        self.pod = pod; self.address = address; self.ready = ready; self.nodeName = nodeName; self.namedPorts = namedPorts
-    }
-
-    /// The pod port a service port leads to here; nil when the pod has no port of that name.
-    public func port(for p: ClusterService.Port) -> UInt16? {
-        switch p.targetPort {
-        case .number(let n): return n
-        case .name(let n): return namedPorts[n]
+        if k == .externalName {
+            let v = s["externalName"]
+            guard let e = v?.stringValue, DNSName.isValidHostname(e) else {
+                throw ManifestError("\(w): spec.externalName \(v?.serialized() ?? "(missing)") must be a DNS name for type ExternalName: lowercase letters, digits, '-' and '.', labels of at most 63, at most 253 in all (e.g. db.example.com)")
+            }
+            externalName = e
         }
     }
 }
 
+/// One backend of a service as an EndpointSlice lists it: an address with its conditions and
+/// the port it serves each service port on.
+public struct ServiceEndpoint: Sendable, Equatable {
+    public var pod: String
+    public var address: IPAddress
+    /// Ready for new traffic (Running, Ready, not being deleted).
+    public var ready: Bool
+    /// Would be ready but for being deleted: still answers while it drains.
+    public var serving: Bool
+    /// Being deleted (its pod has a deletionTimestamp).
+    public var terminating: Bool
+    public var nodeName: String?
+    /// Service port name ("" for an unnamed port) → the endpoint's port for it; a service port
+    /// missing here (a named targetPort the pod does not declare) is not served by this endpoint.
+    public var ports: [String: UInt16]
+
+    public init(pod: String, address: IPAddress, ready: Bool, serving: Bool? = nil, terminating: Bool = false,
+                nodeName: String?, ports: [String: UInt16]) {
+        self.pod = pod; self.address = address; self.ready = ready; self.serving = serving ?? ready
+        self.terminating = terminating; self.nodeName = nodeName; self.ports = ports
+    }
+
+    /// The endpoint's port for a service port; nil when it does not serve it.
+    public func port(for p: ClusterService.Port) -> UInt16? { ports[p.name ?? ""] }
+}
+
 extension ClusterService {
     /// The pods this service selects (same namespace, every selector label matching, with an
-    /// address), as EndpointSlices would list them. A service without a selector has none.
+    /// address), as the EndpointSlice controller lists them: per address, its conditions and the
+    /// pod port each service port leads to (a named targetPort through the pod's container
+    /// ports). A service without a selector has none here: its slices are written by others.
     public func endpoints(from pods: [KubeObject]) -> [ServiceEndpoint] {
         guard let selector, !selector.isEmpty else { return [] }
         return pods.flatMap { p -> [ServiceEndpoint] in
@@ -186,8 +202,21 @@ extension ClusterService {
                     if let n = port["name"]?.stringValue, let v = port["containerPort"]?.intValue { named[n] = UInt16(v) }
                 }
             }
-            let ready = p.status["phase"]?.stringValue == "Running" && p.json["metadata"]?["deletionTimestamp"] == nil
-            return ips.map { ServiceEndpoint(pod: p.name, address: $0, ready: ready, nodeName: p.spec["nodeName"]?.stringValue, namedPorts: named) }
+            var resolved: [String: UInt16] = [:]
+            for sp in ports {
+                switch sp.targetPort {
+                case .number(let n): resolved[sp.name ?? ""] = n
+                case .name(let n): if let v = named[n] { resolved[sp.name ?? ""] = v }
+                }
+            }
+            // Serving: running and, when the pod reports conditions, its Ready condition true.
+            let readyCondition = p.status["conditions"]?.arrayValue?.first { $0["type"]?.stringValue == "Ready" }
+            let serving = p.status["phase"]?.stringValue == "Running" && (readyCondition == nil || readyCondition?["status"]?.stringValue == "True")
+            let terminating = p.json["metadata"]?["deletionTimestamp"] != nil
+            return ips.map {
+                ServiceEndpoint(pod: p.name, address: $0, ready: serving && !terminating, serving: serving, terminating: terminating,
+                                nodeName: p.spec["nodeName"]?.stringValue, ports: resolved)
+            }
         }.sorted { ($0.pod, $0.address) < ($1.pod, $1.address) }
     }
 }

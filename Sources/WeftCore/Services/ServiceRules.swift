@@ -60,12 +60,13 @@ public enum ServiceRules {
                     let extIPs = svc.externalIPs.filter { $0.family == family }
                     guard !vips.isEmpty || !extIPs.isEmpty || p.nodePort != nil else { continue }
                     let base = chainName(svc, p) + (family == .v6 ? "/v6" : "")
-                    let ready = e.endpoints.filter { $0.ready && $0.address.family == family }.compactMap { ep in ep.port(for: p).map { (ep, $0) } }
+                    let candidates = e.endpoints.filter { $0.address.family == family }.compactMap { ep in ep.port(for: p).map { (ep, $0) } }
+                    let ready = usable(candidates)
                     if ready.isEmpty {
                         for ip in vips + extIPs { element(family == .v4 ? "no-endpoint-services" : "no-endpoint-services6", "\(ip) . \(l4) . \(p.port)", "goto reject-chain") }
                         continue
                     }
-                    let local = ready.filter { $0.0.nodeName != nil && $0.0.nodeName == node }
+                    let local = usable(candidates.filter { $0.0.nodeName != nil && $0.0.nodeName == node })
                     // A chain choosing at random among `backends` (session affinity first); nil
                     // when there is none, and then the traffic is dropped, as Kubernetes does
                     // for a Local policy without a local endpoint.
@@ -109,6 +110,14 @@ public enum ServiceRules {
             }
         }
         return m
+    }
+
+    /// The endpoints traffic goes to: the ready ones; when there is none, those still serving
+    /// while they terminate (Kubernetes' fallback, so a rollout's last pods drain instead of
+    /// refusing connections).
+    static func usable(_ endpoints: [(ServiceEndpoint, UInt16)]) -> [(ServiceEndpoint, UInt16)] {
+        let ready = endpoints.filter { $0.0.ready }
+        return ready.isEmpty ? endpoints.filter { $0.0.serving && $0.0.terminating } : ready
     }
 
     /// The chain that DNATs to one endpoint (and remembers its clients under session
