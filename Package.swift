@@ -27,6 +27,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.5.0"),
         // Kubernetes manifests are YAML.
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.0"),
+        // The node's DNS server (UDP and TCP); already in the graph through async-http-client.
+        .package(url: "https://github.com/apple/swift-nio", from: "2.65.0"),
     ],
     targets: [
         .target(name: "WeftCore"),
@@ -41,6 +43,9 @@ let package = Package(
         .target(name: "WeftCNI", dependencies: ["WeftCore", "WeftOS"]),
         .target(name: "WeftAgent", dependencies: [
             "WeftCore", "WeftOS",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "Logging", package: "swift-log"),
         ]),

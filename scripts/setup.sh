@@ -9,6 +9,8 @@ packages=(
   containernetworking-plugins # the reference plugins (bridge, host-local, portmap, ...)
   iptables                    # used by the reference plugins (ipMasq, portmap, firewall)
   etcd-server                 # etcd 3.4: the EtcdDatastore backend and its tests (throwaway etcds)
+  curl                        # the tests' HTTP client (health-check node ports)
+  bind9-dnsutils              # dig: the tests ask the cluster DNS as a pod would
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -17,6 +17,11 @@ public struct AgentConfig: Sendable {
     public var ipamDataDir: String
     public var leaseTTL: Int64
     public var resyncSeconds: Double
+    /// The port of the node's cluster DNS resolver on its host address; nil: no DNS.
+    public var dnsPort: Int? = 53
+    public var clusterDomain = "cluster.local"
+    /// Where names outside the cluster domain are forwarded; none: refused.
+    public var dnsUpstreams: [DNSUpstream] = []
 
     public init(nodeName: String, hostIP: IPAddress?, uplink: String, cluster: ClusterConfig, cniConfDir: String,
                 ipamDataDir: String = NetworkConfig.defaultDataDir, leaseTTL: Int64 = 10, resyncSeconds: Double = 5) {
@@ -37,11 +42,14 @@ public final class NodeAgent: Service, @unchecked Sendable {
     let config: AgentConfig
     let store: any Datastore
     let net: NetworkControl
+    /// A netlink socket of the services loop's own (load balancer addresses), so it never
+    /// interleaves with the route reconciler's requests.
+    let servicesNet: NetworkControl
     let logger: Logger
     private let state = PeerState()
 
-    public init(config: AgentConfig, store: any Datastore, net: NetworkControl, logger: Logger) {
-        self.config = config; self.store = store; self.net = net; self.logger = logger
+    public init(config: AgentConfig, store: any Datastore, net: NetworkControl, servicesNet: NetworkControl, logger: Logger) {
+        self.config = config; self.store = store; self.net = net; self.servicesNet = servicesNet; self.logger = logger
     }
 
     /// Runs until SIGTERM/SIGINT (graceful: the kernel state stays, so pods keep their
@@ -75,6 +83,8 @@ public final class NodeAgent: Service, @unchecked Sendable {
         try await publish(me)
         try prepareNode(cluster: cluster, ranges: ranges)
         try writeCNIConfig(cluster: cluster, ranges: ranges)
+        let domain = try DNSName(config.clusterDomain)
+        let dns = try await bindDNS(hostIP: hostIP, domain: domain)
         logger.info("node registered", metadata: ["node": "\(config.nodeName)", "hostIP": "\(hostIP)", "podCIDRs": "\(ranges.map(\.description))", "mode": "\(cluster.mode.rawValue)"])
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await self.keepAlive(lease: heldLease, hostIP: hostIP) }
@@ -82,7 +92,19 @@ public final class NodeAgent: Service, @unchecked Sendable {
             group.addTask { try await self.watch(prefix: Keys.nodeLeases) }
             group.addTask { try await self.resyncTicker() }
             group.addTask { try await self.reconcileLoop(mode: cluster.mode) }
-            group.addTask { try await ServiceProxy(store: self.store, logger: self.logger, node: self.config.nodeName).run() }
+            let addresses = cluster.loadBalancerCIDRs.isEmpty ? nil
+                : LoadBalancerAddresses(net: self.servicesNet, uplink: self.config.uplink, ranges: cluster.loadBalancerCIDRs, logger: self.logger)
+            let healthChecks = HealthCheckServer(logger: self.logger)
+            group.addTask {
+                try await ServiceProxy(store: self.store, logger: self.logger, node: self.config.nodeName,
+                                       addresses: addresses, healthChecks: healthChecks, dns: dns, clusterDomain: domain).run()
+            }
+            if let dns {
+                group.addTask {
+                    try await NodeDNS(store: self.store, logger: self.logger, node: self.config.nodeName, hostIP: hostIP, server: dns,
+                                      leaseTTL: self.config.leaseTTL).run()
+                }
+            }
             group.addTask {
                 try await EndpointSliceController(store: self.store, logger: self.logger, node: self.config.nodeName, leaseTTL: self.config.leaseTTL).run()
             }
@@ -92,6 +114,19 @@ public final class NodeAgent: Service, @unchecked Sendable {
     }
 
     // MARK: cluster configuration
+
+    /// The node's resolver on its host address, empty until the services loop gives it a zone.
+    /// A port that cannot be bound is an error in the log, not a stop: routes and services go on.
+    func bindDNS(hostIP: IPAddress, domain: DNSName) async throws -> DNSServer? {
+        guard let port = config.dnsPort else { return nil }
+        do {
+            return try await DNSServer.bind(host: hostIP.description, port: port, zone: ClusterDNS(domain: domain, entries: []), upstreams: config.dnsUpstreams)
+        } catch {
+            logger.error("cannot serve cluster DNS; pods on this node will not resolve service names until the agent restarts with the port free (or another --dns-port)",
+                         metadata: ["address": "\(hostIP):\(port)", "error": "\(error)"])
+            return nil
+        }
+    }
 
     func agreeOnClusterConfig() async throws -> ClusterConfig {
         try config.cluster.validate()
@@ -205,7 +240,11 @@ public final class NodeAgent: Service, @unchecked Sendable {
         guard let link = try net.link(named: config.uplink) else {
             throw AgentError("uplink \(config.uplink) does not exist on this node; pass --uplink with the host network interface")
         }
-        guard let a = try net.addresses().first(where: { $0.linkIndex == link.index && !$0.address.address.isLinkLocal })?.address.address else {
+        // Not a load balancer address this node announced before a restart.
+        let announced = { (a: IPInterfaceAddress) in
+            a.prefixLength == a.address.family.bitWidth && self.config.cluster.loadBalancerCIDRs.contains { $0.contains(a.address) }
+        }
+        guard let a = try net.addresses().first(where: { $0.linkIndex == link.index && !$0.address.address.isLinkLocal && !announced($0.address) })?.address.address else {
             throw AgentError("uplink \(config.uplink) has no address; give it one or pass --host-ip")
         }
         return a

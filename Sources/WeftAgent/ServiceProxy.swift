@@ -15,6 +15,12 @@ struct ServiceProxy: Sendable {
     let logger: Logger
     /// This node's name: Local traffic policies keep to its endpoints.
     let node: String
+    /// The load balancer addresses this node announces; nil when the cluster has no ranges.
+    var addresses: LoadBalancerAddresses?
+    var healthChecks: HealthCheckServer
+    /// The node's resolver, given the zone each pass computes; nil when DNS is off.
+    var dns: DNSServer?
+    var clusterDomain: DNSName = "cluster.local"
     var resyncSeconds: Double = 300
 
     func run() async throws {
@@ -22,6 +28,8 @@ struct ServiceProxy: Sendable {
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await wakeOnChanges(store, prefix: Keys.services, logger: logger, wake: wake) }
             group.addTask { try await wakeOnChanges(store, prefix: Keys.endpointSlices, logger: logger, wake: wake) }
+            // Which nodes are live decides who announces each load balancer address.
+            group.addTask { try await wakeOnChanges(store, prefix: Keys.nodeLeases, logger: logger, wake: wake) }
             group.addTask {
                 while !Task.isCancelled {
                     try await Task.sleep(for: .milliseconds(Int(resyncSeconds * 1000)))
@@ -50,6 +58,8 @@ struct ServiceProxy: Sendable {
                     }
                     entries.append(.init(service: s, endpoints: EndpointSlices.endpoints(for: s, in: slices)))
                 }
+                dns?.update(ClusterDNS(domain: clusterDomain, entries: entries))
+                await announce(entries)
                 let want = ServiceRules.model(entries, node: node)
                 let due = ContinuousClock.now - lastFull >= .milliseconds(Int(resyncSeconds * 1000))
                 let meta: Logger.Metadata = ["services": "\(entries.count)", "endpoints": "\(entries.reduce(0) { $0 + $1.endpoints.filter(\.ready).count })"]
@@ -74,6 +84,19 @@ struct ServiceProxy: Sendable {
                 applied = nil
                 logger.error("programming services failed; retrying at the next change or resync", metadata: ["error": "\(error)"])
             }
+        }
+    }
+
+    /// Load balancer addresses and health-check node ports follow the services; a failure
+    /// here is logged and retried at the next change, without holding up the rules.
+    private func announce(_ entries: [ServiceRules.Entry]) async {
+        await healthChecks.update(LoadBalancing.healthChecks(node: node, entries: entries))
+        guard let addresses else { return }
+        do {
+            let live = Set(try await store.list(prefix: Keys.nodeLeases).items.map { String($0.key.dropFirst(Keys.nodeLeases.count)) })
+            try addresses.reconcile(LoadBalancing.addresses(announcedBy: node, entries: entries, liveNodes: live))
+        } catch {
+            logger.error("reconciling load balancer addresses failed", metadata: ["error": "\(error)"])
         }
     }
 }

@@ -10,7 +10,16 @@ public struct ClusterClient: Sendable {
     public let store: any Datastore
     public init(store: any Datastore) { self.store = store }
 
-    public func apply(_ objects: [KubeObject]) async throws -> [String] {
+    public struct ApplyResult: Sendable {
+        public var lines: [String] = []
+        /// Pods to wait for (namespace/name): those applied and those a deployment created.
+        public var pods: [String] = []
+        /// Deployments whose old-template pods go once the new ones run (`finishRollouts`).
+        public var rollouts: [Deployment] = []
+    }
+
+    public func apply(_ objects: [KubeObject]) async throws -> ApplyResult {
+        var result = ApplyResult()
         var lines: [String] = []
         // Namespaces first, so pods in them can be checked.
         for var o in objects.sorted(by: { ($0.kind == "Namespace" ? 0 : 1) < ($1.kind == "Namespace" ? 0 : 1) }) {
@@ -20,7 +29,7 @@ public struct ClusterClient: Sendable {
                 l["kubernetes.io/metadata.name"] = o.name
                 o.labels = l
             }
-            if o.kind == "Service" || o.kind == "Pod" || o.kind == "EndpointSlice" {
+            if o.kind == "Service" || o.kind == "Pod" || o.kind == "EndpointSlice" || o.kind == "Deployment" {
                 try await placeInNamespace(&o)
             }
             if o.kind == "Service" {
@@ -48,11 +57,49 @@ public struct ClusterClient: Sendable {
                 } else if o.kind != "Pod" {
                     existing.json = existing.json.setting("spec", to: o.json["spec"])
                 }
+                // A load balancer's address lives in status, which the allocator fills in.
+                if o.kind == "Service" { existing.json = existing.json.setting("status", to: o.json["status"]) }
                 try await store.update(key, value: existing.bytes, expectedRevision: kv.modRevision)
                 lines.append("\(o.kind.lowercased())/\(o.name) configured")
             } else {
                 try await store.create(key, value: o.bytes)
                 lines.append("\(o.kind.lowercased())/\(o.name) created")
+            }
+            if o.kind == "Pod" { result.pods.append("\(o.namespace ?? "default")/\(o.name)") }
+            if o.kind == "Deployment" {
+                let d = try Deployment(o)
+                result.pods += try await scale(d)
+                result.rollouts.append(d)
+            }
+        }
+        result.lines = lines
+        return result
+    }
+
+    /// The Deployment controller's part that runs at apply time: pods of the current template
+    /// created or removed to match `replicas`. Returns the current template's pods.
+    func scale(_ d: Deployment) async throws -> [String] {
+        let plan = d.plan(existing: try await list(Keys.pods + d.namespace + "/"))
+        for _ in 0..<plan.add {
+            let suffix = String((0..<5).map { _ in "bcdfghjklmnpqrstvwxz2456789".randomElement()! })
+            var pod = d.pod(suffix: suffix)
+            pod.setSpec("nodeName", .string(try await schedule()))
+            try await store.create(try Keys.key(for: pod), value: pod.bytes)
+        }
+        if !plan.removeNow.isEmpty { _ = try await delete(plan.removeNow, wait: false) }
+        return try await list(Keys.pods + d.namespace + "/")
+            .filter { d.owns($0) && $0.labels[Deployment.hashLabel] == d.templateHash && $0.json["metadata"]?["deletionTimestamp"] == nil }
+            .map { "\(d.namespace)/\($0.name)" }
+    }
+
+    /// After the new pods run: the pods of older templates go (gracefully).
+    public func finishRollouts(_ rollouts: [Deployment]) async throws -> [String] {
+        var lines: [String] = []
+        for d in rollouts {
+            let old = d.plan(existing: try await list(Keys.pods + d.namespace + "/")).removeAfterRollout
+            if !old.isEmpty {
+                _ = try await delete(old, wait: false)
+                lines.append("deployment/\(d.name): \(old.count) pod(s) of the previous template terminating")
             }
         }
         return lines
@@ -67,6 +114,29 @@ public struct ClusterClient: Sendable {
         if ns == "default" { return try await ensureDefaultNamespace() }
         throw ManifestError("\(o.kind.lowercased()) \(ns)/\(o.name): namespace \"\(ns)\" does not exist; apply a Namespace named \(ns) first")
     }
+
+    /// The cluster DNS service, as a cluster installer adds it: `kube-system/kube-dns` on the
+    /// well-known address 10.96.0.10, DNS over UDP and TCP, no selector (every agent publishes
+    /// its own resolver as an endpoint) and internalTrafficPolicy Local (a pod asks its own
+    /// node). Returns its address; idempotent.
+    public func ensureClusterDNS() async throws -> IPAddress {
+        let key = Keys.services + "kube-system/kube-dns"
+        while true {
+            if let kv = try await store.get(key), let ip = try ClusterService(KubeObject(bytes: kv.value)).clusterIPs.first { return ip }
+            var ns = KubeObject(apiVersion: "v1", kind: "Namespace", name: "kube-system")
+            ns.labels = ["kubernetes.io/metadata.name": "kube-system"]
+            do { try await store.create(Keys.namespace("kube-system"), value: ns.bytes) } catch DatastoreError.conflict {}
+            var svc = KubeObject(json: try JSONValue.parse(#"""
+                {"apiVersion":"v1","kind":"Service","metadata":{"name":"kube-dns","namespace":"kube-system","labels":{"k8s-app":"kube-dns"}},
+                 "spec":{"clusterIP":"\#(Self.clusterDNSAddress)","internalTrafficPolicy":"Local",
+                         "ports":[{"name":"dns","port":53,"protocol":"UDP"},{"name":"dns-tcp","port":53,"protocol":"TCP"}]}}
+                """#))
+            svc = try await ServiceAllocator(store: store).allocate(svc, existing: nil)
+            do { try await store.create(key, value: svc.bytes) } catch DatastoreError.conflict { continue }
+        }
+    }
+
+    public static let clusterDNSAddress = "10.96.0.10"
 
     public func ensureDefaultNamespace() async throws {
         var ns = KubeObject(apiVersion: "v1", kind: "Namespace", name: "default")
@@ -94,7 +164,7 @@ public struct ClusterClient: Sendable {
         var draining: [String] = []
         for o in objects {
             var o = o
-            if ["Pod", "Service", "EndpointSlice"].contains(o.kind) && o.namespace == nil { o.setMeta("namespace", .string("default")) }
+            if ["Pod", "Service", "EndpointSlice", "Deployment"].contains(o.kind) && o.namespace == nil { o.setMeta("namespace", .string("default")) }
             let key = try Keys.key(for: o)
             if o.kind == "Node" {
                 // A departed node's pod ranges go back to the pool.
@@ -110,6 +180,11 @@ public struct ClusterClient: Sendable {
             }
             try await store.delete(key, expectedRevision: nil)
             if o.kind == "Service" { try await ServiceAllocator(store: store).release(try KubeObject(bytes: stored.value)) }
+            if o.kind == "Deployment", let d = try? Deployment(try KubeObject(bytes: stored.value)) {
+                // Its pods go with it (graceful, like any pod deletion).
+                let pods = try await list(Keys.pods + d.namespace + "/").filter(d.owns)
+                lines += try await delete(pods, gracePeriod: gracePeriod, wait: wait).map { "  " + $0 }
+            }
             lines.append("\(o.kind.lowercased())/\(o.name) deleted")
         }
         if wait {

@@ -68,6 +68,8 @@ public struct LabSpec: Sendable {
         }
     }
     public var blockPrefixV4: Int { mode == .underlay ? 28 : 24 }
+    /// LoadBalancer addresses: a part of the host network no node, etcd member or underlay pod uses.
+    public static let loadBalancerCIDR = "192.168.100.64/28"
 }
 
 public enum LabCluster {
@@ -153,6 +155,7 @@ public enum LabCluster {
                      "--mode", spec.mode.rawValue, "--uplink", "eth0", "--block-prefix-v4", "\(spec.blockPrefixV4)",
                      "--cni-conf-dir", "\(nodeDir)/net.d", "--ipam-data-dir", "\(nodeDir)/ipam", "--lease-ttl", "\(spec.leaseTTL)"]
         for c in spec.clusterCIDRs { agent += ["--cluster-cidr", c] }
+        agent += ["--load-balancer-cidr", LabSpec.loadBalancerCIDR]
         try spawnDetached(agent, log: "\(nodeDir)/agent.log")
         try spawnDetached(enter + [spec.weftBinary, "runtime", "--node", n.name, "--datastore", state.datastore,
                            "--lab-id", state.id, "--cni-conf-dir", "\(nodeDir)/net.d", "--cni-bin-dir", "\(state.dir)/bin",
@@ -185,6 +188,8 @@ public enum LabCluster {
         }
         usleep(100_000)
         for ns in ordered { _ = try? sh(["ip", "netns", "del", ns]) }
+        // The pods' resolv.conf files (see NodeRuntime.writeResolvConf).
+        for d in ((try? Files.list("/etc/netns")) ?? []) where d.hasPrefix(state.id + "-") { _ = try? sh(["rm", "-rf", "/etc/netns/\(d)"]) }
         _ = try? sh(["rm", "-rf", state.dir])
     }
 

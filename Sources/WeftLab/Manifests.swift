@@ -68,6 +68,10 @@ public enum Manifests {
         if identityOnly { return o }
         if o.kind == "Service" { _ = try ClusterService(o) }
         if o.kind == "EndpointSlice" { try EndpointSlices.validate(o) }
+        if o.kind == "Deployment" {
+            let d = try Deployment(o)
+            _ = try validate(d.pod(suffix: "xxxxx"), where: "\(w) spec.template")
+        }
         if o.kind == "Pod" {
             for (i, c) in (o.spec["containers"]?.arrayValue ?? []).enumerated() {
                 for (j, p) in (c["ports"]?.arrayValue ?? []).enumerated() {

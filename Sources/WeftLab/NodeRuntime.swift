@@ -33,6 +33,9 @@ public final class NodeRuntime: Service, @unchecked Sendable {
     private var running: [String: (id: String, netns: String)] = [:]
     /// Pods being terminated by a task of their own; the task removes the pod's key when done.
     private var terminating: Set<String> = []
+    /// The cluster DNS address pods get as their nameserver (kubelet's --cluster-dns).
+    private var clusterDNS: IPAddress?
+    static let clusterDomain = "cluster.local"
 
     public init(config: Config, store: any Datastore, logger: Logger) {
         self.config = config; self.store = store; self.logger = logger
@@ -42,6 +45,7 @@ public final class NodeRuntime: Service, @unchecked Sendable {
 
     public func run() async throws {
         try Files.makeDirectories(config.cacheDir)
+        clusterDNS = try await ClusterClient(store: store).ensureClusterDNS()
         // SIGTERM stops watching at once; wired pods stay as they are.
         try await cancelWhenGracefulShutdown { try await self.watchPods() }
     }
@@ -141,6 +145,7 @@ public final class NodeRuntime: Service, @unchecked Sendable {
         _ = try? run(["ip", "netns", "del", netns]) // a leftover from a crashed runtime
         try run(["ip", "netns", "add", netns])
         try run(["ip", "netns", "exec", netns, "ip", "link", "set", "lo", "up"])
+        try writeResolvConf(pod, netns: netns)
         let result = try cni(.add, id: id, netns: netns, pod: pod)
         try Files.writeAtomically("\(config.cacheDir)/\(id).json", Array(result.serialized().utf8))
         // The test server, like agnhost: answers with the pod's name and the client's address.
@@ -152,6 +157,33 @@ public final class NodeRuntime: Service, @unchecked Sendable {
         return result
     }
 
+    /// The pod's resolv.conf as kubelet writes it for dnsPolicy ClusterFirst: the cluster DNS,
+    /// the search path from the pod's namespace out, ndots 5. `ip netns exec` (how the pod's
+    /// processes are started) bind-mounts /etc/netns/NAME/resolv.conf over /etc/resolv.conf.
+    /// dnsPolicy Default (or no cluster DNS) leaves the node's; None takes dnsConfig alone.
+    func writeResolvConf(_ pod: KubeObject, netns: String) throws {
+        let policy = pod.spec["dnsPolicy"]?.stringValue ?? "ClusterFirst"
+        let extra = pod.spec["dnsConfig"]
+        var servers: [String] = [], search: [String] = [], options: [String] = []
+        if policy == "ClusterFirst" || policy == "ClusterFirstWithHostNet", let dns = clusterDNS {
+            let ns = pod.namespace ?? "default", d = Self.clusterDomain
+            servers = [dns.description]
+            search = ["\(ns).svc.\(d)", "svc.\(d)", d]
+            options = ["ndots:5"]
+        } else if policy != "None" {
+            return
+        }
+        servers += (extra?["nameservers"]?.arrayValue ?? []).compactMap(\.stringValue)
+        search += (extra?["searches"]?.arrayValue ?? []).compactMap(\.stringValue)
+        options += (extra?["options"]?.arrayValue ?? []).compactMap { o in o["name"]?.stringValue.map { n in o["value"]?.stringValue.map { "\(n):\($0)" } ?? n } }
+        guard !servers.isEmpty else { return }
+        var text = "nameserver " + servers.prefix(3).joined(separator: "\nnameserver ") + "\n"
+        if !search.isEmpty { text += "search \(search.joined(separator: " "))\n" }
+        if !options.isEmpty { text += "options \(options.joined(separator: " "))\n" }
+        try Files.makeDirectories("/etc/netns/\(netns)")
+        try Files.writeAtomically("/etc/netns/\(netns)/resolv.conf", Array(text.utf8))
+    }
+
     func stopPod(id: String, netns: String, name: String) {
         signalPod(netns, SIGKILL)
         let podParts = name.split(separator: "/")
@@ -161,7 +193,7 @@ public final class NodeRuntime: Service, @unchecked Sendable {
             logger.error("CNI DEL failed", metadata: ["pod": "\(name)", "error": "\(error)"])
         }
         _ = try? run(["ip", "netns", "del", netns])
-        _ = try? run(["rm", "-f", "\(config.cacheDir)/\(id).json"])
+        _ = try? run(["rm", "-rf", "\(config.cacheDir)/\(id).json", "/etc/netns/\(netns)"])
     }
 
     /// libcni's conflist execution: name and cniVersion injected into every plugin, the previous

@@ -10,6 +10,7 @@ struct ServiceAllocator {
 
     static let ipKeys = "/weft/serviceips/"
     static let nodePortKeys = "/weft/nodeports/"
+    static let loadBalancerIPKeys = "/weft/loadbalancerips/"
     /// The cluster's service ranges (IPv4 as kube-apiserver's default).
     static let serviceCIDR = IPNetwork("10.96.0.0/16")!
     static let serviceCIDR6 = IPNetwork("fd00:96::/112")!
@@ -66,7 +67,35 @@ struct ServiceAllocator {
                     ports[i] = ports[i].setting("nodePort", to: .number(Double(np!)))
                 }
             }
+            var healthCheckPort: UInt16?
+            if svc.kind == .loadBalancer && svc.externalLocal {
+                // As the API server: a health-check node port for a Local LoadBalancer.
+                let kept = old?.healthCheckNodePort
+                if let n = svc.healthCheckNodePort ?? kept {
+                    if n != kept {
+                        guard try await claim(Self.nodePortKeys + "tcp-\(n)", owner: owner) else {
+                            throw ManifestError("\(w): spec.healthCheckNodePort \(n) is already used by another service; leave it out to get a free one")
+                        }
+                        claimed.append(Self.nodePortKeys + "tcp-\(n)")
+                    }
+                    healthCheckPort = n
+                } else {
+                    healthCheckPort = try await claimFreeNodePort(proto: "TCP", owner: owner)
+                    claimed.append(Self.nodePortKeys + "tcp-\(healthCheckPort!)")
+                }
+            }
+            var ingress = old?.loadBalancerIPs ?? []
+            if svc.kind == .loadBalancer && ingress.isEmpty, let pool = try await loadBalancerPool(), !pool.isEmpty {
+                // What a load balancer controller does: an address from the pool, in status.
+                let ip = try await claimLoadBalancerIP(svc.requestedLoadBalancerIP, pool: pool, owner: owner, what: w)
+                claimed.append(Self.loadBalancerIPKeys + ip.description)
+                ingress = [ip]
+            }
+            if svc.kind == .loadBalancer {
+                out.setStatus("loadBalancer", .object([("ingress", .array(ingress.map { .object([("ip", .string($0.description)), ("ipMode", .string("VIP"))]) }))]))
+            }
             var spec = out.spec
+            spec = spec.setting("healthCheckNodePort", to: healthCheckPort.map { .number(Double($0)) })
             if !svc.clusterIPs.isEmpty {
                 spec = spec.setting("clusterIP", to: .string(svc.clusterIPs[0].description))
                     .setting("clusterIPs", to: .array(svc.clusterIPs.map { .string($0.description) }))
@@ -86,6 +115,39 @@ struct ServiceAllocator {
         guard let svc = try? ClusterService(o) else { return }
         for ip in svc.clusterIPs { try await store.delete(Self.ipKeys + ip.description, expectedRevision: nil) }
         for p in svc.ports { if let n = p.nodePort { try await store.delete(Self.nodePortKeys + "\(p.proto.lowercased())-\(n)", expectedRevision: nil) } }
+        if let n = svc.healthCheckNodePort { try await store.delete(Self.nodePortKeys + "tcp-\(n)", expectedRevision: nil) }
+        for ip in svc.loadBalancerIPs { try await store.delete(Self.loadBalancerIPKeys + ip.description, expectedRevision: nil) }
+    }
+
+    /// The cluster's load balancer ranges (the agents' --load-balancer-cidr); nil before any
+    /// agent has written the cluster configuration.
+    private func loadBalancerPool() async throws -> [IPNetwork]? {
+        guard let kv = try await store.get(Keys.clusterConfig), let c = ClusterConfig(json: try JSONValue.parse(kv.value)) else { return nil }
+        return c.loadBalancerCIDRs
+    }
+
+    /// `requested` if it is in the pool and free, else the first free address of the pool
+    /// (network and broadcast addresses left out).
+    private func claimLoadBalancerIP(_ requested: IPAddress?, pool: [IPNetwork], owner: String, what w: String) async throws -> IPAddress {
+        if let r = requested {
+            guard pool.contains(where: { $0.contains(r) }) else {
+                throw ManifestError("\(w): spec.loadBalancerIP \(r) is outside the load balancer ranges \(pool.map(\.description).joined(separator: ",")); leave it out to get one")
+            }
+            guard try await claim(Self.loadBalancerIPKeys + r.description, owner: owner) else {
+                throw ManifestError("\(w): spec.loadBalancerIP \(r) is already used by another service; leave it out to get a free one")
+            }
+            return r
+        }
+        let taken = Set(try await store.list(prefix: Self.loadBalancerIPKeys).items.map { String($0.key.dropFirst(Self.loadBalancerIPKeys.count)) })
+        for range in pool {
+            var candidate: IPAddress? = range.prefixLength >= range.family.bitWidth - 1 ? range.first : range.first.advanced(by: 1)
+            while let ip = candidate, range.contains(ip) {
+                if ip == range.last && range.family == .v4 && range.prefixLength < 31 { break }
+                if !taken.contains(ip.description), try await claim(Self.loadBalancerIPKeys + ip.description, owner: owner) { return ip }
+                candidate = ip.advanced(by: 1)
+            }
+        }
+        throw ManifestError("\(w): the load balancer ranges \(pool.map(\.description).joined(separator: ",")) have no free address left; delete unused LoadBalancer services or widen --load-balancer-cidr")
     }
 
     private func claim(_ key: String, owner: String) async throws -> Bool {

@@ -53,14 +53,16 @@ struct Apply: AsyncParsableCommand {
         let (store, _) = try cluster.open()
         let objects = try readManifest(filename)
         let client = ClusterClient(store: store)
-        for line in try await client.apply(objects) { print(line) }
-        let pods = objects.filter { $0.kind == "Pod" }.map { "\($0.namespace ?? "default")/\($0.name)" }
-        if wait > 0 && !pods.isEmpty {
-            let failed = try await client.waitForPods(pods, timeoutSeconds: wait)
+        let result = try await client.apply(objects)
+        for line in result.lines { print(line) }
+        if wait > 0 && !result.pods.isEmpty {
+            let failed = try await client.waitForPods(result.pods, timeoutSeconds: wait)
             if !failed.isEmpty {
                 throw CLIError(failed.map { "pod \($0.key) failed: \($0.value)" }.sorted().joined(separator: "\n"))
             }
         }
+        // As a rolling update ends: the new pods run, the old template's go.
+        for line in try await client.finishRollouts(result.rollouts) { print(line) }
     }
 }
 
@@ -105,9 +107,11 @@ struct Get: AsyncParsableCommand {
         case "namespaces", "namespace", "ns": objects = try await client.list(Keys.namespaces)
         case "services", "service", "svc":
             objects = try await client.list(Keys.services).filter { allNamespaces || ($0.namespace ?? "default") == namespace }
+        case "deployments", "deployment", "deploy":
+            objects = try await client.list(Keys.deployments).filter { allNamespaces || ($0.namespace ?? "default") == namespace }
         case "endpointslices", "endpointslice":
             objects = try await client.list(Keys.endpointSlices).filter { allNamespaces || ($0.namespace ?? "default") == namespace }
-        default: throw ValidationError("unknown resource \"\(resource)\"; expected pods, nodes, namespaces, services or endpointslices")
+        default: throw ValidationError("unknown resource \"\(resource)\"; expected pods, nodes, namespaces, services, endpointslices or deployments")
         }
         objects.sort { ($0.namespace ?? "", $0.name) < ($1.namespace ?? "", $1.name) }
         if output == "json" {
@@ -116,6 +120,17 @@ struct Get: AsyncParsableCommand {
         }
         guard output == nil || output == "wide" else { throw ValidationError("-o \(output!): expected wide or json") }
         switch resource.prefix(2) {
+        case "de":
+            // kubectl's columns: pods of the current template running out of those wanted.
+            let pods = try await client.list(Keys.pods)
+            let header = ["NAMESPACE", "NAME", "READY", "UP-TO-DATE", "AVAILABLE"]
+            print(Tables.render(allNamespaces ? header : Array(header.dropFirst()), objects.map { o in
+                let d = try? Deployment(o)
+                let current = pods.filter { p in d.map { $0.owns(p) && p.labels[Deployment.hashLabel] == $0.templateHash } ?? false }
+                let running = current.filter { $0.status["phase"]?.stringValue == "Running" }.count
+                let row = [o.namespace ?? "default", o.name, "\(running)/\(d?.replicas ?? 0)", "\(current.count)", "\(running)"]
+                return allNamespaces ? row : Array(row.dropFirst())
+            }))
         case "en":
             // kubectl's columns.
             let header = ["NAMESPACE", "NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS"]
@@ -137,7 +152,7 @@ struct Get: AsyncParsableCommand {
         case "se", "sv":
             // kubectl's columns, plus the ready endpoints its EndpointSlices list.
             let slices = try await client.list(Keys.endpointSlices)
-            let header = ["NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "PORT(S)", "ENDPOINTS"]
+            let header = ["NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "ENDPOINTS"]
             print(Tables.render(allNamespaces ? header : Array(header.dropFirst()), objects.map { o in
                 let s = try? ClusterService(o)
                 let ports = (s?.ports ?? []).map { p in "\(p.port)\(p.nodePort.map { ":\($0)" } ?? "")/\(p.proto)" }.joined(separator: ",")
@@ -147,7 +162,10 @@ struct Get: AsyncParsableCommand {
                         svc.ports.compactMap { ep.port(for: $0).map { ep.address.family == .v4 ? "\(ep.address):\($0)" : "[\(ep.address)]:\($0)" } }
                     }
                 } ?? []
+                // As kubectl: a load balancer's addresses (pending until given one), else external IPs.
+                let external = ((s?.loadBalancerIPs ?? []) + (s?.externalIPs ?? [])).map(\.description)
                 let row = [o.namespace ?? "default", o.name, s?.kind.rawValue ?? "?", s?.headless == true ? "None" : (s?.clusterIPs.first?.description ?? "<pending>"),
+                           !external.isEmpty ? external.joined(separator: ",") : (s?.kind == .loadBalancer ? "<pending>" : "<none>"),
                            ports.isEmpty ? "<none>" : ports, eps.isEmpty ? "<none>" : eps.joined(separator: ",")]
                 return allNamespaces ? row : Array(row.dropFirst())
             }))

@@ -115,6 +115,12 @@ struct Agent: AsyncParsableCommand {
     @Option(help: "Where the CNI conflist is written.") var cniConfDir = "/etc/cni/net.d"
     @Option(help: "IPAM data directory for the plugin.") var ipamDataDir = NetworkConfig.defaultDataDir
     @Option(help: "Node lease TTL, seconds.") var leaseTTL: Int64 = 10
+    @Option(help: "A range of the host network for LoadBalancer addresses (repeatable); the nodes announce them.")
+    var loadBalancerCidr: [String] = []
+    @Option(help: "Port of the node's cluster DNS resolver on its host address (0: no DNS).") var dnsPort = 53
+    @Option(help: "The cluster's DNS domain.") var clusterDomain = "cluster.local"
+    @Option(help: "Where names outside the cluster domain are forwarded (repeatable; default: none, refused).")
+    var dnsUpstream: [String] = []
 
     func run() async throws {
         guard let m = RoutingMode(rawValue: mode) else { throw ValidationError("--mode \(mode): expected vxlan, native or underlay") }
@@ -125,14 +131,28 @@ struct Agent: AsyncParsableCommand {
         }
         var hostIP: IPAddress?
         if let hostIp { guard let a = IPAddress(hostIp) else { throw ValidationError("--host-ip \(hostIp) is not an address") }; hostIP = a }
-        let cluster = ClusterConfig(mode: m, clusterCIDRs: cidrs, blockPrefixV4: blockPrefixV4, blockPrefixV6: blockPrefixV6)
+        var pools: [IPNetwork] = []
+        for c in loadBalancerCidr {
+            guard let n = IPNetwork(c) else { throw ValidationError("--load-balancer-cidr \(c) is not a CIDR; expected e.g. 192.168.100.64/28") }
+            pools.append(n)
+        }
+        let cluster = ClusterConfig(mode: m, clusterCIDRs: cidrs, blockPrefixV4: blockPrefixV4, blockPrefixV6: blockPrefixV6, loadBalancerCIDRs: pools)
         try cluster.validate()
         var logger = Logger(label: "weft.agent")
         logger[metadataKey: "node"] = "\(node)"
         let store = try openDatastore(datastore)
-        let agent = NodeAgent(config: AgentConfig(nodeName: node, hostIP: hostIP, uplink: uplink, cluster: cluster, cniConfDir: cniConfDir,
-                                                  ipamDataDir: ipamDataDir, leaseTTL: leaseTTL),
-                              store: store, net: try Rtnetlink(), logger: logger)
+        var config = AgentConfig(nodeName: node, hostIP: hostIP, uplink: uplink, cluster: cluster, cniConfDir: cniConfDir,
+                                 ipamDataDir: ipamDataDir, leaseTTL: leaseTTL)
+        guard (0...65535).contains(dnsPort) else { throw ValidationError("--dns-port \(dnsPort): give a port from 1 to 65535, or 0 for no DNS") }
+        config.dnsPort = dnsPort == 0 ? nil : dnsPort
+        do { _ = try DNSName(clusterDomain) } catch { throw ValidationError("--cluster-domain \(clusterDomain) is not a DNS name; expected e.g. cluster.local") }
+        config.clusterDomain = clusterDomain
+        for u in dnsUpstream {
+            guard let a = IPAddress(u) else { throw ValidationError("--dns-upstream \(u) is not an IP address; expected e.g. 192.168.100.1") }
+            config.dnsUpstreams.append(DNSUpstream(address: a))
+        }
+        let agent = NodeAgent(config: config,
+                              store: store, net: try Rtnetlink(), servicesNet: try Rtnetlink(), logger: logger)
         let group = ServiceGroup(configuration: .init(services: [agent], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
     }

@@ -271,6 +271,208 @@ struct ServicesTests {
         #expect(named(try items("endpointslices"), "manual-1") != nil, "the other controller's slice is not touched")
     }
 
+    @Test("LoadBalancer: an address from the pool announced by one node, reachable from the host network; Local keeps the client address and has a health check")
+    func loadBalancers() throws {
+        let lab = try MultiNodeTests.TestLab(nodes: 2, mode: "native")
+        let manifest = """
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: web-a, labels: {app: web, local: "yes"}}
+        spec: {nodeName: node0, containers: [{name: web, image: agnhost, ports: [{containerPort: 8080, name: http}]}]}
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: web-b, labels: {app: web}}
+        spec: {nodeName: node1, containers: [{name: web, image: agnhost, ports: [{containerPort: 8080, name: http}]}]}
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {name: lb}
+        spec: {type: LoadBalancer, selector: {app: web}, ports: [{name: http, port: 80, targetPort: http}]}
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {name: lblocal}
+        spec: {type: LoadBalancer, externalTrafficPolicy: Local, selector: {local: "yes"}, ports: [{name: http, port: 80, targetPort: http}]}
+        """
+        let apply = try lab.run(["apply", "-f", "-"], stdin: manifest)
+        try #require(apply.status == 0, "\(apply.stdout)\(apply.stderr)")
+        let svcs = try #require(try lab.run(["get", "services", "-o", "json"]).json?["items"]?.arrayValue)
+        func spec(_ n: String) -> JSONValue? { svcs.first { $0["metadata"]?["name"]?.stringValue == n } }
+        let lbIP = try #require(spec("lb")?["status"]?["loadBalancer"]?["ingress"]?.arrayValue?.first?["ip"]?.stringValue)
+        let localIP = try #require(spec("lblocal")?["status"]?["loadBalancer"]?["ingress"]?.arrayValue?.first?["ip"]?.stringValue)
+        let pool = IPNetwork("192.168.100.64/28")!
+        #expect(pool.contains(IPAddress(lbIP)!) && pool.contains(IPAddress(localIP)!) && lbIP != localIP, "\(lbIP) \(localIP)")
+        let hc = try #require(spec("lblocal")?["spec"]?["healthCheckNodePort"]?.intValue)
+        #expect(spec("lb")?["spec"]?["healthCheckNodePort"] == nil, "Cluster policy: no health check")
+        #expect(try lab.run(["get", "services"]).stdout.contains(lbIP), "weft get services shows the EXTERNAL-IP")
+
+        // Exactly one node holds each address on its uplink.
+        func holders(_ ip: String) throws -> [Int] {
+            try (0..<2).filter { try sh(["ip", "-n", lab.nodeNS($0), "-o", "addr", "show", "dev", "eth0"]).stdout.contains(" \(ip)/32 ") }
+        }
+        #expect(try eventually(10) { try holders(lbIP).count == 1 }, "one announcer for \(lbIP): \((try? holders(lbIP)) ?? [])")
+        // Local: only node0 has an endpoint, so node0 announces.
+        #expect(try eventually(10) { try holders(localIP) == [0] }, "the node with the local endpoint announces \(localIP): \((try? holders(localIP)) ?? [])")
+
+        // From the host network (outside the cluster): both endpoints behind the Cluster one.
+        let host = "wl-\(lab.name)-net"
+        #expect(try eventually(10) { ((try? probe(host, "\(lbIP):80").stdout) ?? "").hasPrefix("web-") })
+        let viaLB = try answers(host, "\(lbIP):80", tries: 20)
+        #expect(Set(viaLB.map { $0.split(separator: " ")[0] }) == ["web-a", "web-b"], "\(viaLB)")
+        // Local: web-a only, and it sees the real client address.
+        let viaLocal = try answers(host, "\(localIP):80", tries: 5)
+        #expect(viaLocal.allSatisfy { $0 == "web-a 192.168.100.1" }, "\(viaLocal)")
+
+        // The health check: 200 on the node with a local endpoint, 503 on the other.
+        func health(_ node: String) throws -> (String, String) {
+            let r = try sh(["ip", "netns", "exec", host, "curl", "-s", "-m", "3", "-w", "\n%{http_code}", "http://\(node):\(hc)/healthz"])
+            let lines = r.stdout.split(separator: "\n").map(String.init)
+            return (lines.last ?? "", lines.dropLast().joined())
+        }
+        let (code0, body0) = try health("192.168.100.11")
+        #expect(code0 == "200" && body0.contains("\"localEndpoints\":1") && body0.contains("\"name\":\"lblocal\""), "\(code0) \(body0)")
+        #expect(try health("192.168.100.12").0 == "503")
+
+        // web-a goes: the Local service has no endpoint left, nobody announces it, node0's check fails.
+        try #require(try lab.run(["delete", "-f", "-", "--grace-period", "0"], stdin: "apiVersion: v1\nkind: Pod\nmetadata: {name: web-a}\n").status == 0)
+        #expect(try eventually(10) { try holders(localIP).isEmpty })
+        #expect(try eventually(10) { try health("192.168.100.11").0 == "503" })
+        #expect(try answers(host, "\(lbIP):80", tries: 5).allSatisfy { $0.hasPrefix("web-b ") }, "the Cluster one still answers")
+        // Deleting the service gives its address back: nobody holds it any more.
+        try #require(try lab.run(["delete", "-f", "-"], stdin: "apiVersion: v1\nkind: Service\nmetadata: {name: lb}\n").status == 0)
+        #expect(try eventually(10) { try holders(lbIP).isEmpty })
+    }
+
+    @Test("cluster DNS: service names, search path, headless, SRV, ExternalName, NXDOMAIN, over UDP and TCP, from pods")
+    func clusterDNS() throws {
+        let lab = try MultiNodeTests.TestLab(nodes: 2, mode: "vxlan")
+        let manifest = """
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: web-a, labels: {app: web}}
+        spec: {nodeName: node0, containers: [{name: web, image: agnhost, ports: [{containerPort: 8080, name: http}]}]}
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: web-b, labels: {app: web}}
+        spec: {nodeName: node1, containers: [{name: web, image: agnhost, ports: [{containerPort: 8080, name: http}]}]}
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: client}
+        spec: {nodeName: node1, containers: [{name: c, image: agnhost}]}
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {name: web}
+        spec: {selector: {app: web}, ports: [{name: http, port: 80, targetPort: http}]}
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {name: hl}
+        spec: {clusterIP: None, selector: {app: web}, ports: [{name: http, port: 8080}]}
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {name: ext}
+        spec: {type: ExternalName, externalName: db.example.com}
+        """
+        let apply = try lab.run(["apply", "-f", "-"], stdin: manifest)
+        try #require(apply.status == 0, "\(apply.stdout)\(apply.stderr)")
+        let svcs = try #require(try lab.run(["get", "services", "-A", "-o", "json"]).json?["items"]?.arrayValue)
+        let vip = try #require(svcs.first { $0["metadata"]?["name"]?.stringValue == "web" }?["spec"]?["clusterIP"]?.stringValue)
+        #expect(svcs.first { $0["metadata"]?["name"]?.stringValue == "kube-dns" }?["spec"]?["clusterIP"]?.stringValue == "10.96.0.10")
+        let pods = try #require(try lab.run(["get", "pods", "-o", "json"]).json?["items"]?.arrayValue)
+        let webIPs = Set(pods.filter { ($0["metadata"]?["name"]?.stringValue ?? "").hasPrefix("web-") }.compactMap { $0["status"]?["podIP"]?.stringValue })
+        let client = lab.podNS("default", "client")
+
+        // The pod's resolv.conf, as kubelet writes it for ClusterFirst.
+        let resolv = try sh(["cat", "/etc/netns/\(client)/resolv.conf"]).stdout
+        #expect(resolv.contains("nameserver 10.96.0.10") && resolv.contains("search default.svc.cluster.local svc.cluster.local cluster.local")
+                && resolv.contains("options ndots:5"), "\(resolv)")
+        func dig(_ args: String...) throws -> String {
+            try sh(["ip", "netns", "exec", client, "dig", "+time=2", "+tries=2"] + args).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        // Each node publishes its resolver; the first answer may wait for the agents' zone.
+        #expect(try eventually(15) { try dig("+short", "web.default.svc.cluster.local") == vip }, "A record of the ClusterIP")
+        #expect(try dig("+short", "+tcp", "web.default.svc.cluster.local") == vip, "over TCP too")
+        #expect(try dig("+short", "+search", "web") == vip, "the short name through the search path")
+        let getent = try sh(["ip", "netns", "exec", client, "getent", "hosts", "web.default"]).stdout
+        #expect(getent.hasPrefix(vip + " "), "glibc's resolver: \(getent)")
+        // Headless: the ready pods' addresses.
+        #expect(try eventually(10) { Set(try dig("+short", "hl.default.svc.cluster.local").split(separator: "\n").map(String.init)) == webIPs })
+        // SRV for a named port, ExternalName as a CNAME.
+        #expect(try dig("+short", "SRV", "_http._tcp.web.default.svc.cluster.local").hasSuffix(" 80 web.default.svc.cluster.local."))
+        #expect(try dig("+short", "CNAME", "ext.default.svc.cluster.local") == "db.example.com.")
+        // A name that does not exist: NXDOMAIN, not a timeout.
+        #expect(try dig("nope.default.svc.cluster.local").contains("status: NXDOMAIN"))
+        // Every node's resolver is an endpoint of kube-dns.
+        let slices = try lab.run(["get", "endpointslices", "-n", "kube-system"]).stdout
+        #expect(slices.contains("kube-dns-node0") && slices.contains("kube-dns-node1"), "\(slices)")
+        // A new service resolves as soon as it is applied.
+        try #require(try lab.run(["apply", "-f", "-"], stdin: "apiVersion: v1\nkind: Service\nmetadata: {name: later}\nspec: {selector: {app: web}, ports: [{port: 81}]}\n").status == 0)
+        #expect(try eventually(5) { !(try dig("+short", "later.default.svc.cluster.local")).isEmpty })
+    }
+
+    @Test("Deployment: replicas behind a service; scaled, rolled to a new template and deleted with its pods")
+    func deployments() throws {
+        let lab = try MultiNodeTests.TestLab(nodes: 2, mode: "native")
+        func deployment(replicas: Int, version: String) -> String {
+            """
+            apiVersion: apps/v1
+            kind: Deployment
+            metadata: {name: web}
+            spec:
+              replicas: \(replicas)
+              selector: {matchLabels: {app: web}}
+              template:
+                metadata: {labels: {app: web, version: "\(version)"}}
+                spec: {terminationGracePeriodSeconds: 5, containers: [{name: web, image: agnhost, ports: [{containerPort: 8080, name: http}]}]}
+            ---
+            apiVersion: v1
+            kind: Service
+            metadata: {name: web}
+            spec: {selector: {app: web}, ports: [{name: http, port: 80, targetPort: http}]}
+            ---
+            apiVersion: v1
+            kind: Pod
+            metadata: {name: client}
+            spec: {nodeName: node0, containers: [{name: c, image: agnhost}]}
+            """
+        }
+        func webPods() throws -> [JSONValue] {
+            (try lab.run(["get", "pods", "-o", "json"]).json?["items"]?.arrayValue ?? []).filter { ($0["metadata"]?["name"]?.stringValue ?? "").hasPrefix("web-") }
+        }
+        let first = try lab.run(["apply", "-f", "-"], stdin: deployment(replicas: 3, version: "1"))
+        try #require(first.status == 0, "\(first.stdout)\(first.stderr)")
+        let three = try webPods()
+        #expect(three.count == 3 && three.allSatisfy { $0["status"]?["phase"]?.stringValue == "Running" }, "apply waits for the replicas")
+        #expect(Set(three.compactMap { $0["spec"]?["nodeName"]?.stringValue }) == ["node0", "node1"], "spread over the nodes")
+        let vip = try #require(try lab.run(["get", "services", "-o", "json"]).json?["items"]?.arrayValue?
+            .first { $0["metadata"]?["name"]?.stringValue == "web" }?["spec"]?["clusterIP"]?.stringValue)
+        let names = Set(three.compactMap { $0["metadata"]?["name"]?.stringValue })
+        #expect(try eventually(10) { Set(try answers(lab.podNS("default", "client"), "\(vip):80", tries: 30).map { String($0.split(separator: " ")[0]) }) == names },
+                "every replica answers through the service")
+        #expect(try lab.run(["get", "deployments"]).stdout.contains("3/3"))
+
+        // Scaled down: one stays.
+        try #require(try lab.run(["apply", "-f", "-"], stdin: deployment(replicas: 1, version: "1")).status == 0)
+        #expect(try eventually(15) { try webPods().count == 1 })
+        // A new template: a new pod of it runs, then the old one goes.
+        let rolled = try lab.run(["apply", "-f", "-"], stdin: deployment(replicas: 1, version: "2"))
+        try #require(rolled.status == 0, "\(rolled.stderr)")
+        #expect(rolled.stdout.contains("previous template terminating"), "\(rolled.stdout)")
+        #expect(try eventually(15) { let p = try webPods(); return p.count == 1 && p[0]["metadata"]?["labels"]?["version"]?.stringValue == "2" })
+        // Deleting the deployment deletes its pods.
+        try #require(try lab.run(["delete", "-f", "-"], stdin: "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n").status == 0)
+        #expect(try webPods().isEmpty)
+        // A deployment whose selector does not match its template is refused, nothing stored.
+        let bad = try lab.run(["apply", "-f", "-"], stdin: deployment(replicas: 1, version: "1").replacingOccurrences(of: "matchLabels: {app: web}", with: "matchLabels: {app: other}"))
+        #expect(bad.status != 0 && bad.stderr.contains("does not match spec.template.metadata.labels"), "\(bad.stderr)")
+        #expect(try lab.run(["get", "deployments"]).stdout.contains("No resources") || !(try lab.run(["get", "deployments"]).stdout.contains("web")))
+    }
+
     @Test("bad Services: a taken NodePort or ClusterIP, one outside the range, bad ports; nothing running disturbed")
     func badServices() throws {
         let lab = try MultiNodeTests.TestLab(nodes: 1, mode: "native")

@@ -58,6 +58,7 @@ public enum Keys {
     public static let services = "/registry/services/specs/"
     public static let endpointSlices = "/registry/endpointslices/"
     public static let networkPolicies = "/registry/networkpolicies/"
+    public static let deployments = "/registry/deployments/"
     /// weft's own: a node's liveness (attached to its datastore lease).
     public static let nodeLeases = "/weft/nodeleases/"
     /// weft's own: pod ranges claimed by nodes, by compare-and-swap.
@@ -81,7 +82,8 @@ public enum Keys {
         case "Service": return services + (o.namespace ?? "default") + "/" + o.name
         case "EndpointSlice": return endpointSlices + (o.namespace ?? "default") + "/" + o.name
         case "NetworkPolicy": return networkPolicies + (o.namespace ?? "default") + "/" + o.name
-        default: throw ManifestError("kind \"\(o.kind)\" is not supported; expected Namespace, Pod, Node, Service, EndpointSlice or NetworkPolicy")
+        case "Deployment": return deployments + (o.namespace ?? "default") + "/" + o.name
+        default: throw ManifestError("kind \"\(o.kind)\" is not supported; expected Namespace, Pod, Node, Service, EndpointSlice, Deployment or NetworkPolicy")
         }
     }
 }

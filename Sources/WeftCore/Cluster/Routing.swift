@@ -19,10 +19,14 @@ public struct ClusterConfig: Sendable, Equatable {
     public var blockPrefixV6: Int
     public var vni: UInt32
     public var vxlanPort: UInt16
+    /// Where LoadBalancer services get their addresses: ranges of the host network that no
+    /// host uses; the node announcing an address answers ARP/NDP for it there.
+    public var loadBalancerCIDRs: [IPNetwork]
 
-    public init(mode: RoutingMode, clusterCIDRs: [IPNetwork], blockPrefixV4: Int = 24, blockPrefixV6: Int = 80, vni: UInt32 = 4096, vxlanPort: UInt16 = 4789) {
+    public init(mode: RoutingMode, clusterCIDRs: [IPNetwork], blockPrefixV4: Int = 24, blockPrefixV6: Int = 80, vni: UInt32 = 4096, vxlanPort: UInt16 = 4789,
+                loadBalancerCIDRs: [IPNetwork] = []) {
         self.mode = mode; self.clusterCIDRs = clusterCIDRs; self.blockPrefixV4 = blockPrefixV4; self.blockPrefixV6 = blockPrefixV6
-        self.vni = vni; self.vxlanPort = vxlanPort
+        self.vni = vni; self.vxlanPort = vxlanPort; self.loadBalancerCIDRs = loadBalancerCIDRs
     }
 
     public func blockPrefix(_ f: IPFamily) -> Int { f == .v4 ? blockPrefixV4 : blockPrefixV6 }
@@ -40,6 +44,11 @@ public struct ClusterConfig: Sendable, Equatable {
             }
             guard c.family.bitWidth - block >= 2 else {
                 throw ManifestError("block size /\(block) is too small for pods; use /\(c.family.bitWidth - 2) or shorter")
+            }
+        }
+        for lb in loadBalancerCIDRs {
+            for c in clusterCIDRs where c.family == lb.family && (c.contains(lb.address) || lb.contains(c.address)) {
+                throw ManifestError("load balancer range \(lb) overlaps the cluster range \(c); give a part of the host network that no host and no pod uses")
             }
         }
     }
@@ -67,14 +76,16 @@ public struct ClusterConfig: Sendable, Equatable {
     public var json: JSONValue {
         .object([("mode", .string(mode.rawValue)), ("clusterCIDRs", .array(clusterCIDRs.map { .string($0.description) })),
                  ("blockPrefixV4", .number(Double(blockPrefixV4))), ("blockPrefixV6", .number(Double(blockPrefixV6))),
-                 ("vni", .number(Double(vni))), ("vxlanPort", .number(Double(vxlanPort)))])
+                 ("vni", .number(Double(vni))), ("vxlanPort", .number(Double(vxlanPort))),
+                 ("loadBalancerCIDRs", .array(loadBalancerCIDRs.map { .string($0.description) }))])
     }
 
     public init?(json j: JSONValue) {
         guard let m = j["mode"]?.stringValue.flatMap(RoutingMode.init) else { return nil }
         self.init(mode: m, clusterCIDRs: (j["clusterCIDRs"]?.arrayValue ?? []).compactMap { $0.stringValue.flatMap(IPNetwork.init) },
                   blockPrefixV4: j["blockPrefixV4"]?.intValue ?? 24, blockPrefixV6: j["blockPrefixV6"]?.intValue ?? 80,
-                  vni: UInt32(j["vni"]?.intValue ?? 4096), vxlanPort: UInt16(j["vxlanPort"]?.intValue ?? 4789))
+                  vni: UInt32(j["vni"]?.intValue ?? 4096), vxlanPort: UInt16(j["vxlanPort"]?.intValue ?? 4789),
+                  loadBalancerCIDRs: (j["loadBalancerCIDRs"]?.arrayValue ?? []).compactMap { $0.stringValue.flatMap(IPNetwork.init) })
     }
 }
 

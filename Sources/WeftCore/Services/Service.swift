@@ -32,6 +32,13 @@ public struct ClusterService: Sendable, Equatable {
     /// `externalTrafficPolicy: Local`: traffic from outside (node ports, external IPs) only to
     /// this node's endpoints, with the client's address kept (no masquerade).
     public var externalLocal: Bool
+    /// A LoadBalancer's addresses (`status.loadBalancer.ingress[].ip`), served like external IPs.
+    public var loadBalancerIPs: [IPAddress]
+    /// `spec.loadBalancerIP`: the address asked for (deprecated in Kubernetes, still honoured).
+    public var requestedLoadBalancerIP: IPAddress?
+    /// `spec.healthCheckNodePort`: where each node tells load balancers whether it has a local
+    /// endpoint (LoadBalancer with externalTrafficPolicy Local).
+    public var healthCheckNodePort: UInt16?
     /// `spec.externalName`: the DNS name an ExternalName service is a CNAME to; nil for other types.
     public var externalName: String?
 
@@ -84,6 +91,25 @@ public struct ClusterService: Sendable, Equatable {
             let v = s[field]?.stringValue ?? "Cluster"
             guard v == "Cluster" || v == "Local" else { throw ManifestError("\(w): spec.\(field) \"\(v)\" must be Cluster or Local") }
             return v == "Local"
+        }
+        loadBalancerIPs = []
+        for (i, v) in (o.status["loadBalancer"]?["ingress"]?.arrayValue ?? []).enumerated() {
+            guard let t = v["ip"]?.stringValue else { continue }   // hostname-only ingress: nothing to serve here
+            guard let a = IPAddress(t) else { throw ManifestError("\(w): status.loadBalancer.ingress[\(i)].ip \"\(t)\" is not an IP address") }
+            loadBalancerIPs.append(a)
+        }
+        requestedLoadBalancerIP = nil
+        if let t = s["loadBalancerIP"]?.stringValue, !t.isEmpty {
+            guard k == .loadBalancer else { throw ManifestError("\(w): spec.loadBalancerIP is only allowed for type LoadBalancer") }
+            guard let a = IPAddress(t) else { throw ManifestError("\(w): spec.loadBalancerIP \"\(t)\" is not an IP address") }
+            requestedLoadBalancerIP = a
+        }
+        healthCheckNodePort = nil
+        if let h = s["healthCheckNodePort"]?.intValue {
+            guard ClusterService.nodePortRange.contains(h) else {
+                throw ManifestError("\(w): spec.healthCheckNodePort \(h) is outside the node port range \(ClusterService.nodePortRange.lowerBound)-\(ClusterService.nodePortRange.upperBound)")
+            }
+            healthCheckNodePort = UInt16(h)
         }
         internalLocal = try trafficPolicy("internalTrafficPolicy")
         externalLocal = try trafficPolicy("externalTrafficPolicy")

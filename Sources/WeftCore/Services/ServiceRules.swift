@@ -57,7 +57,8 @@ public enum ServiceRules {
                 var external: [(IPFamily, String)] = []
                 for family in [IPFamily.v4, .v6] {
                     let vips = svc.clusterIPs.filter { $0.family == family }
-                    let extIPs = svc.externalIPs.filter { $0.family == family }
+                    // External IPs and load balancer addresses: traffic from outside.
+                    let extIPs = (svc.externalIPs + svc.loadBalancerIPs).filter { $0.family == family }
                     guard !vips.isEmpty || !extIPs.isEmpty || p.nodePort != nil else { continue }
                     let base = chainName(svc, p) + (family == .v6 ? "/v6" : "")
                     let candidates = e.endpoints.filter { $0.address.family == family }.compactMap { ep in ep.port(for: p).map { (ep, $0) } }
