@@ -92,11 +92,17 @@ public final class DNSServer: Service, Sendable {
     /// Serves until the task is cancelled (or a ServiceGroup shuts down gracefully), then
     /// closes both sockets. Call once.
     public func run() async throws {
-        try await cancelWhenGracefulShutdown {
-            try await withThrowingDiscardingTaskGroup { group in
-                group.addTask { try await self.serveUDP() }
-                group.addTask { try await self.serveTCP() }
+        do {
+            try await cancelWhenGracefulShutdown {
+                try await withThrowingDiscardingTaskGroup { group in
+                    group.addTask { try await self.serveUDP() }
+                    group.addTask { try await self.serveTCP() }
+                }
             }
+        } catch {
+            // Being told to stop is the normal way out, whatever error the sockets end with.
+            if Task.isCancelled { return }
+            throw error
         }
     }
 

@@ -21,6 +21,8 @@ struct ServiceProxy: Sendable {
     /// The node's resolver, given the zone each pass computes; nil when DNS is off.
     var dns: DNSServer?
     var clusterDomain: DNSName = "cluster.local"
+    /// Opens the node's conntrack table (a fake in tests).
+    var conntrack: @Sendable () throws -> ConntrackControl = { try Conntrack() }
     var resyncSeconds: Double = 300
 
     func run() async throws {
@@ -45,6 +47,7 @@ struct ServiceProxy: Sendable {
     private func apply(_ changes: AsyncStream<Void>) async throws {
         let nft = LibNFTables()
         var applied: ServiceRules.Model?
+        var lastEntries: [ServiceRules.Entry]?
         var lastFull = ContinuousClock.now
         for await _ in changes {
             do {
@@ -59,6 +62,11 @@ struct ServiceProxy: Sendable {
                     entries.append(.init(service: s, endpoints: EndpointSlices.endpoints(for: s, in: slices)))
                 }
                 dns?.update(ClusterDNS(domain: clusterDomain, entries: entries))
+                defer {
+                    // After the rules changed: stale UDP flows would keep the old NAT.
+                    if let was = lastEntries { clearStale(ServiceRules.staleConntrack(from: was, to: entries)) }
+                    lastEntries = entries
+                }
                 await announce(entries)
                 let want = ServiceRules.model(entries, node: node)
                 let due = ContinuousClock.now - lastFull >= .milliseconds(Int(resyncSeconds * 1000))
@@ -97,6 +105,25 @@ struct ServiceProxy: Sendable {
             try addresses.reconcile(LoadBalancing.addresses(announcedBy: node, entries: entries, liveNodes: live))
         } catch {
             logger.error("reconciling load balancer addresses failed", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Deletes the conntrack entries a change left stale (see `ServiceRules.staleConntrack`).
+    private func clearStale(_ stale: Set<StaleConntrack>) {
+        guard !stale.isEmpty else { return }
+        do {
+            let ct = try conntrack()
+            var deleted = 0
+            for s in stale {
+                let proto: ConntrackProtocol = s.proto == "SCTP" ? .sctp : (s.proto == "TCP" ? .tcp : .udp)
+                deleted += try ct.deleteEntries(matching: ConntrackFilter(family: s.family, proto: proto, originalDestination: s.destination,
+                                                                          originalDestinationPort: s.destinationPort, replySource: s.replySource,
+                                                                          replySourcePort: s.replySourcePort))
+            }
+            if deleted > 0 { logger.info("stale UDP conntrack entries deleted", metadata: ["entries": "\(deleted)"]) }
+        } catch {
+            logger.warning("deleting stale UDP conntrack entries failed; those clients keep their old endpoint until the entries time out",
+                           metadata: ["error": "\(error)"])
         }
     }
 }

@@ -118,8 +118,9 @@ public enum EchoServer {
     }
 
     /// Connects (TCP) or sends one datagram (UDP) and returns the server's reply.
-    public static func probe(host: IPAddress, port: UInt16, udp: Bool, timeoutMilliseconds: Int32 = 2000) throws(SystemError) -> String {
-        let fd = try connected(host: host, port: port, udp: udp, timeoutMilliseconds: timeoutMilliseconds)
+    /// - sourcePort: send from this port (0: any), so that successive probes are one UDP flow.
+    public static func probe(host: IPAddress, port: UInt16, udp: Bool, timeoutMilliseconds: Int32 = 2000, sourcePort: UInt16 = 0) throws(SystemError) -> String {
+        let fd = try connected(host: host, port: port, udp: udp, timeoutMilliseconds: timeoutMilliseconds, sourcePort: sourcePort)
         defer { close(fd) }
         if udp { _ = send(fd, "?", 1, 0) }
         var buf = [UInt8](repeating: 0, count: 512)
@@ -129,12 +130,21 @@ public enum EchoServer {
     }
 
     /// A socket connected to host:port (IPv4 through a mapped address), with send/receive timeouts.
-    static func connected(host: IPAddress, port: UInt16, udp: Bool, timeoutMilliseconds: Int32) throws(SystemError) -> Int32 {
+    static func connected(host: IPAddress, port: UInt16, udp: Bool, timeoutMilliseconds: Int32, sourcePort: UInt16 = 0) throws(SystemError) -> Int32 {
         let fd = socket(AF_INET6, Int32((udp ? SOCK_DGRAM : SOCK_STREAM).rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw SystemError("socket") }
         var tv = timeval(tv_sec: Int(timeoutMilliseconds / 1000), tv_usec: Int(timeoutMilliseconds % 1000) * 1000)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        if sourcePort != 0 {
+            var one: Int32 = 1
+            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+            var local = sockaddr_in6()
+            local.sin6_family = sa_family_t(AF_INET6)
+            local.sin6_port = sourcePort.bigEndian
+            let brc = withUnsafePointer(to: &local) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) } }
+            guard brc == 0 else { let e = SystemError("bind source port \(sourcePort)"); close(fd); throw e }
+        }
         var addr = sockaddr_in6()
         addr.sin6_family = sa_family_t(AF_INET6)
         addr.sin6_port = port.bigEndian

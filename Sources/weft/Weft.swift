@@ -64,6 +64,7 @@ struct Probe: ParsableCommand {
     @Option(help: "Timeout in milliseconds.") var timeout: Int32 = 2000
     @Option(help: "Hold one TCP connection this many seconds, echoing a line every --interval ms; fails if the flow breaks.") var hold: Double?
     @Option(help: "With --hold: milliseconds between round trips.") var interval = 100
+    @Option(help: "Send from this local port (0: any); successive UDP probes are then one flow, as a long-lived client's.") var sourcePort: UInt16 = 0
 
     func run() throws {
         guard let colon = target.lastIndex(of: ":"), let port = UInt16(target[target.index(after: colon)...]),
@@ -75,7 +76,7 @@ struct Probe: ParsableCommand {
             print("held \(hold) s: \(n) round trips, none lost")
             return
         }
-        print(try EchoServer.probe(host: host, port: port, udp: udp, timeoutMilliseconds: timeout))
+        print(try EchoServer.probe(host: host, port: port, udp: udp, timeoutMilliseconds: timeout, sourcePort: sourcePort))
     }
 }
 

@@ -43,3 +43,26 @@ struct LoadBalancingTests {
         #expect(throws: ManifestError.self) { try T.service(#"{"loadBalancerIP":"192.168.100.66","ports":[{"port":80}]}"#) }
     }
 }
+
+struct StaleConntrackTests {
+    typealias T = ServiceTests
+
+    @Test func udpServicesClearWhatAChangeLeftStale() throws {
+        var svc = try T.service(#"{"type":"NodePort","selector":{"app":"web"},"ports":[{"name":"dns","port":53,"protocol":"UDP","targetPort":8053,"nodePort":30053},{"name":"http","port":80,"targetPort":8080}]}"#)
+        svc.clusterIPs = [IPAddress("10.96.0.53")!]
+        func entry(_ pods: [KubeObject]) -> [ServiceRules.Entry] { [.init(service: svc, endpoints: svc.endpoints(from: pods))] }
+        let a = try T.pod("a", ip: "10.244.0.5"), b = try T.pod("b", ip: "10.244.1.5")
+        // An endpoint goes: flows it answered, through the VIP and the node port, for UDP only.
+        #expect(ServiceRules.staleConntrack(from: entry([a, b]), to: entry([b])) == [
+            StaleConntrack(family: .v4, proto: "UDP", destination: IPAddress("10.96.0.53")!, destinationPort: 53, replySource: IPAddress("10.244.0.5")!, replySourcePort: 8053),
+            StaleConntrack(family: .v4, proto: "UDP", destinationPort: 30053, replySource: IPAddress("10.244.0.5")!, replySourcePort: 8053),
+        ])
+        // From none to some: whatever was made while it rejected.
+        #expect(ServiceRules.staleConntrack(from: entry([]), to: entry([a])) == [
+            StaleConntrack(family: .v4, proto: "UDP", destination: IPAddress("10.96.0.53")!, destinationPort: 53),
+            StaleConntrack(family: .v4, proto: "UDP", destinationPort: 30053),
+        ])
+        #expect(ServiceRules.staleConntrack(from: entry([a]), to: entry([a, b])).isEmpty, "an endpoint added leaves nothing stale")
+        #expect(ServiceRules.staleConntrack(from: [], to: entry([a])).isEmpty, "a new service has no flows yet")
+    }
+}

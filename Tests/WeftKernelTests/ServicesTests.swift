@@ -473,6 +473,38 @@ struct ServicesTests {
         #expect(try lab.run(["get", "deployments"]).stdout.contains("No resources") || !(try lab.run(["get", "deployments"]).stdout.contains("web")))
     }
 
+    @Test("UDP: a long-lived client flow follows the service to a new endpoint (stale conntrack entries deleted)")
+    func udpFlowFollowsTheService() throws {
+        let lab = try MultiNodeTests.TestLab(nodes: 2, mode: "native")
+        func pod(_ name: String, _ node: String) -> String {
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: \(name), labels: {app: udp}}\nspec: {nodeName: \(node), containers: [{name: s, image: agnhost, ports: [{containerPort: 8053, protocol: UDP}]}]}\n"
+        }
+        let apply = try lab.run(["apply", "-f", "-"], stdin: pod("u-a", "node1") + """
+            ---
+            apiVersion: v1
+            kind: Pod
+            metadata: {name: client}
+            spec: {nodeName: node0, containers: [{name: c, image: agnhost}]}
+            ---
+            apiVersion: v1
+            kind: Service
+            metadata: {name: udp}
+            spec: {selector: {app: udp}, ports: [{name: dns, port: 53, protocol: UDP, targetPort: 8053}]}
+            """)
+        try #require(apply.status == 0, "\(apply.stdout)\(apply.stderr)")
+        let vip = try #require(try lab.run(["get", "services", "-o", "json"]).json?["items"]?.arrayValue?.first?["spec"]?["clusterIP"]?.stringValue)
+        // One flow: the same source port every time, as a resolver client or a game keeps.
+        func ask() -> String {
+            (try? sh(["ip", "netns", "exec", lab.podNS("default", "client"), product("weft"), "probe", "--udp", "--source-port", "40001",
+                      "--timeout", "500", "\(vip):53"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? ""
+        }
+        #expect(eventually(10) { ask().hasPrefix("u-a ") }, "u-a answers the flow")
+        // The endpoint is replaced: the flow's conntrack entry still says u-a, which is gone.
+        try #require(try lab.run(["delete", "-f", "-", "--grace-period", "0"], stdin: "apiVersion: v1\nkind: Pod\nmetadata: {name: u-a}\n").status == 0)
+        try #require(try lab.run(["apply", "-f", "-"], stdin: pod("u-b", "node1")).status == 0)
+        #expect(eventually(8) { ask().hasPrefix("u-b ") }, "the same flow reaches u-b well before the entry's 30 s timeout")
+    }
+
     @Test("bad Services: a taken NodePort or ClusterIP, one outside the range, bad ports; nothing running disturbed")
     func badServices() throws {
         let lab = try MultiNodeTests.TestLab(nodes: 1, mode: "native")
