@@ -117,7 +117,9 @@ struct EndpointSliceController: Sendable {
         do {
             for (key, slice) in wanted.sorted(by: { $0.key < $1.key }) {
                 if let (kv, have) = existing[key] {
-                    guard have != slice else { continue }
+                    // Compared as stored: the parser does not keep key order, so the object
+                    // read back must be set against the desired one read back the same way.
+                    guard have != (try KubeObject(bytes: slice.bytes)) else { continue }
                     try await store.update(key, value: slice.bytes, expectedRevision: kv.modRevision)
                 } else {
                     try await store.create(key, value: slice.bytes)

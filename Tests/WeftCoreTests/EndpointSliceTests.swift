@@ -82,3 +82,16 @@ struct EndpointSliceTests {
         #expect(script([stopped]).contains("no-endpoint-services { 10.96.0.20 . tcp . 80 : goto reject-chain }"), "not serving: rejected")
     }
 }
+
+extension EndpointSliceTests {
+    @Test func aStoredSliceReadsBackEqual() throws {
+        let s = try T.service(#"{"selector":{"app":"web"},"ports":[{"name":"http","port":80,"targetPort":"http"}]}"#)
+        let pods = [try T.pod("a", ip: "10.244.106.2"), try T.pod("b", ip: "10.244.20.2", node: "node1")]
+        for slice in EndpointSlices.desired(for: s, endpoints: s.endpoints(from: pods)) {
+            // The controller compares what it reads with the desired slice as read back.
+            let stored = try KubeObject(bytes: slice.bytes)
+            #expect(try KubeObject(bytes: stored.bytes) == stored, "stable once stored, or the controller rewrites it for ever")
+            #expect(try KubeObject(bytes: slice.bytes) == stored)
+        }
+    }
+}

@@ -41,6 +41,10 @@ extension Subprocess {
 
 let counts = CommandLine.arguments.dropFirst().compactMap { Int($0) }
 let sizes = counts.isEmpty ? [100, 1000, 10000] : counts
+if CommandLine.arguments.dropFirst().first == "first-packet" {
+    try firstPacket(sizes: sizes)
+    exit(0)
+}
 let ns = "wbs\(getpid())"
 guard Subprocess.runOK(["/usr/sbin/ip", "netns", "add", ns]) else { fatalError("ip netns add \(ns) failed (root needed)") }
 defer { _ = Subprocess.runOK(["/usr/sbin/ip", "netns", "del", ns]) }
