@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: a 3-node cluster on this machine (each node a network namespace on an emulated
 # host network, the embedded SQLite datastore, an agent and a runtime per node), pods on every
-# node from examples/pods.yaml, the pod-to-pod connectivity matrix with real packets, the routes
+# node from examples/pods.yaml, a service found by name and reached, the pod-to-pod connectivity
+# matrix with real packets, the routes
 # each node's agent programmed, then everything removed. Needs root. Extra arguments go to
 # `weft lab up` (e.g. --mode native, --mode underlay, --datastore etcd, --nodes 5).
 set -euo pipefail
@@ -17,5 +18,11 @@ $weft apply --lab demo -f examples/pods.yaml
 echo; $weft get pods -A -o wide --lab demo
 echo; $weft get nodes --lab demo
 echo; $weft get services -A --lab demo
+# A pod finds the web service by name through the cluster DNS (its node's resolver, 10.96.0.10)
+# and reaches it through the ClusterIP.
+echo; echo "from shop/cart-0: getent hosts web.default; weft probe web.default:80"
+ip netns exec wl-demo-shop-cart-0 getent hosts web.default
+vip=$(ip netns exec wl-demo-shop-cart-0 getent hosts web.default | cut -d' ' -f1)
+ip netns exec wl-demo-shop-cart-0 $weft probe "$vip:80"
 echo; $weft connectivity --lab demo
 echo; $weft lab routes --lab demo

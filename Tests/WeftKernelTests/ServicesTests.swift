@@ -273,7 +273,8 @@ struct ServicesTests {
 
     @Test("LoadBalancer: an address from the pool announced by one node, reachable from the host network; Local keeps the client address and has a health check")
     func loadBalancers() throws {
-        let lab = try MultiNodeTests.TestLab(nodes: 2, mode: "native")
+        // A short lease: the failover at the end waits for the dead node's lease to run out.
+        let lab = try MultiNodeTests.TestLab(nodes: 2, mode: "native", leaseTTL: 2)
         let manifest = """
         apiVersion: v1
         kind: Pod
@@ -342,6 +343,24 @@ struct ServicesTests {
         // Deleting the service gives its address back: nobody holds it any more.
         try #require(try lab.run(["delete", "-f", "-"], stdin: "apiVersion: v1\nkind: Service\nmetadata: {name: lb}\n").status == 0)
         #expect(try eventually(10) { try holders(lbIP).isEmpty })
+
+        // Failover: the announcing node dies (agent killed, uplink down). When its lease runs
+        // out the other node takes the address and says so (gratuitous ARP): the host network's
+        // neighbour entry moves to the new holder's MAC without any traffic asking for it.
+        try #require(try lab.run(["apply", "-f", "-"], stdin: "apiVersion: v1\nkind: Service\nmetadata: {name: lbmove}\nspec: {type: LoadBalancer, selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}\n").status == 0)
+        let moveIP = try #require(try lab.run(["get", "services", "-o", "json"]).json?["items"]?.arrayValue?
+            .first { $0["metadata"]?["name"]?.stringValue == "lbmove" }?["status"]?["loadBalancer"]?["ingress"]?.arrayValue?.first?["ip"]?.stringValue)
+        #expect(try eventually(10) { try holders(moveIP).count == 1 })
+        let dead = try #require(try holders(moveIP).first), survivor = 1 - dead
+        #expect(try eventually(10) { ((try? probe(host, "\(moveIP):80").stdout) ?? "").hasPrefix("web-") }, "the host network learns the holder")
+        func mac(_ i: Int) throws -> String { try sh(["ip", "netns", "exec", lab.nodeNS(i), "cat", "/sys/class/net/eth0/address"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines) }
+        func neighbour() throws -> String { try sh(["ip", "-n", host, "neigh", "show", moveIP]).stdout }
+        #expect(try neighbour().contains(try mac(dead)))
+        let pids = try sh(["ip", "netns", "pids", lab.nodeNS(dead)]).stdout.split(separator: "\n").compactMap { pid_t($0) }
+        for p in pids where ((try? Files.readString("/proc/\(p)/cmdline")) ?? "").contains("agent") { kill(p, SIGKILL) }
+        try sh(["ip", "-n", lab.nodeNS(dead), "link", "set", "eth0", "down"])
+        #expect(try eventually(15) { try holders(moveIP).contains(survivor) }, "the survivor announces \(moveIP)")
+        #expect(try eventually(5) { try neighbour().contains(try mac(survivor)) }, "gratuitous ARP moved the host's entry: \((try? neighbour()) ?? "")")
     }
 
     @Test("cluster DNS: service names, search path, headless, SRV, ExternalName, NXDOMAIN, over UDP and TCP, from pods")

@@ -12,6 +12,7 @@
 #include <linux/if_bridge.h>
 #include <linux/neighbour.h>
 #include <linux/veth.h>
+#include <netpacket/packet.h>  // sockaddr_ll: the gratuitous ARP of a load balancer address
 #include <linux/if.h>
 #include <linux/netfilter.h>
 #include <linux/netfilter/nfnetlink.h>
