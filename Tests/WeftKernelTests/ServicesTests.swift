@@ -149,6 +149,33 @@ struct ServicesTests {
         let refused = try probe(lab.podNS("default", "client"), "\(emptyVIP):80")
         #expect(refused.status != 0 && refused.stderr.contains("refused"), "\(refused.stderr)")
 
+        // The client's node's agent restarts (SIGTERM, then the same command line): a connection
+        // held through the ClusterIP all along does not break (the full sync at start replaces
+        // the table in one transaction; the flow's NAT lives in conntrack).
+        let flow = Process()
+        flow.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
+        flow.arguments = ["--net=/run/netns/\(lab.podNS("default", "client"))", product("weft"), "probe", "\(vip):80", "--hold", "6", "--interval", "50"]
+        let out = Pipe()
+        flow.standardOutput = out
+        flow.standardError = out
+        try flow.run()
+        defer { if flow.isRunning { kill(flow.processIdentifier, SIGKILL) } }
+        usleep(500_000)
+        let agent = try #require(try sh(["ip", "netns", "pids", lab.nodeNS(0)]).stdout.split(separator: "\n").compactMap { pid_t($0) }
+            .first { ((try? Files.readString("/proc/\($0)/cmdline")) ?? "").contains("\0agent\0") })
+        let argv = try Files.readString("/proc/\(agent)/cmdline").split(separator: "\0").map(String.init)
+        kill(agent, SIGTERM)
+        #expect(eventually(5) { kill(agent, 0) != 0 }, "the agent stops on SIGTERM")
+        let restarted = Process()
+        restarted.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
+        restarted.arguments = ["--net=/run/netns/\(lab.nodeNS(0))"] + argv
+        restarted.standardOutput = FileHandle.nullDevice
+        restarted.standardError = FileHandle.nullDevice
+        try restarted.run()
+        #expect(eventually(15) { !flow.isRunning }, "the held flow ends on its own")
+        let said = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(flow.terminationStatus == 0, "the flow through the ClusterIP survived the agent's restart: \(said)")
+
         // An endpoint goes away: the service keeps answering from the other one.
         let del = try lab.run(["delete", "-f", "-"], stdin: "apiVersion: v1\nkind: Pod\nmetadata: {name: web-b}\n")
         #expect(del.status == 0)
