@@ -207,7 +207,7 @@ struct ServicesTests {
         spec:
           nodeName: node0
           terminationGracePeriodSeconds: 30
-          containers: [{name: web, image: agnhost, ports: [{containerPort: 8080, name: http}], lifecycle: {preStop: {sleep: {seconds: 10}}}}]
+          containers: [{name: web, image: agnhost, ports: [{containerPort: 8080, name: http}], lifecycle: {preStop: {sleep: {seconds: 20}}}}]
         ---
         apiVersion: v1
         kind: Pod
@@ -280,10 +280,10 @@ struct ServicesTests {
         """)
         try #require(new.status == 0, "\(new.stderr)")
         #expect(try eventually(5) { try answers(client, "\(vip):80", tries: 5).allSatisfy { $0.hasPrefix("new ") } }, "the ready endpoint only")
-        #expect(named(try items("pods"), "old") != nil, "old is still terminating (preStop of 10 s)")
+        #expect(named(try items("pods"), "old") != nil, "old is still terminating (preStop of 20 s)")
 
         // After the grace, old is gone: from the pods, from the slice, and its traffic with it.
-        #expect(try eventually(20) { named(try items("pods"), "old") == nil }, "old terminated")
+        #expect(try eventually(40) { named(try items("pods"), "old") == nil }, "old terminated")
         #expect(try eventually(5) { try conditions(oldIP) == nil })
         // Grace 0 deletes at once; with no endpoint left the service refuses at once.
         try #require(try lab.run(["delete", "-f", "-", "--grace-period", "0"], stdin: "apiVersion: v1\nkind: Pod\nmetadata: {name: new}\n").status == 0)
