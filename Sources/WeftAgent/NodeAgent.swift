@@ -66,7 +66,7 @@ public final class NodeAgent: Service, @unchecked Sendable {
 
     func serve() async throws {
         let cluster = try await agreeOnClusterConfig()
-        let hostIP = try config.hostIP ?? detectHostIP()
+        let hostIP = try config.hostIP ?? detectHostIP(loadBalancerRanges: cluster.loadBalancerCIDRs)
         if let hostNetwork = try hostNetwork(of: hostIP) { try cluster.check(hostNetwork: hostNetwork, uplink: config.uplink) }
         let vtepMAC = cluster.mode == .vxlan ? try ensureVXLAN(cluster: cluster, hostIP: hostIP) : nil
 
@@ -134,7 +134,10 @@ public final class NodeAgent: Service, @unchecked Sendable {
             guard let existing = ClusterConfig(json: try JSONValue.parse(kv.value)) else {
                 throw AgentError("the cluster configuration at \(Keys.clusterConfig) is unreadable")
             }
-            guard existing == config.cluster else {
+            // Load balancer ranges are the cluster's: an agent that names none takes them.
+            var asked = config.cluster
+            if asked.loadBalancerCIDRs.isEmpty { asked.loadBalancerCIDRs = existing.loadBalancerCIDRs }
+            guard existing == asked else {
                 throw AgentError("this agent asks for \(describe(config.cluster)) but the cluster runs \(describe(existing)); start it with the cluster's settings")
             }
             return existing
@@ -149,6 +152,7 @@ public final class NodeAgent: Service, @unchecked Sendable {
 
     private func describe(_ c: ClusterConfig) -> String {
         "mode \(c.mode.rawValue), ranges \(c.clusterCIDRs.map(\.description).joined(separator: ",")), blocks /\(c.blockPrefixV4) and /\(c.blockPrefixV6)"
+            + (c.loadBalancerCIDRs.isEmpty ? "" : ", load balancer ranges \(c.loadBalancerCIDRs.map(\.description).joined(separator: ","))")
     }
 
     // MARK: registration
@@ -236,13 +240,13 @@ public final class NodeAgent: Service, @unchecked Sendable {
 
     // MARK: the node's own dataplane
 
-    func detectHostIP() throws -> IPAddress {
+    func detectHostIP(loadBalancerRanges: [IPNetwork]) throws -> IPAddress {
         guard let link = try net.link(named: config.uplink) else {
             throw AgentError("uplink \(config.uplink) does not exist on this node; pass --uplink with the host network interface")
         }
         // Not a load balancer address this node announced before a restart.
         let announced = { (a: IPInterfaceAddress) in
-            a.prefixLength == a.address.family.bitWidth && self.config.cluster.loadBalancerCIDRs.contains { $0.contains(a.address) }
+            a.prefixLength == a.address.family.bitWidth && loadBalancerRanges.contains { $0.contains(a.address) }
         }
         guard let a = try net.addresses().first(where: { $0.linkIndex == link.index && !$0.address.address.isLinkLocal && !announced($0.address) })?.address.address else {
             throw AgentError("uplink \(config.uplink) has no address; give it one or pass --host-ip")

@@ -248,16 +248,20 @@ public struct StaleConntrack: Sendable, Hashable {
 
 extension ServiceRules {
     /// What to delete after going from `old` to `new`, per UDP service port and family: every
-    /// entry to its addresses and node port when it gains endpoints after having none, and
-    /// those answered by an endpoint that no longer takes its traffic.
+    /// entry to its addresses and node port when it gains endpoints after having none (or is
+    /// new), and those answered by an endpoint that no longer takes its traffic.
     public static func staleConntrack(from old: [Entry], to new: [Entry]) -> Set<StaleConntrack> {
         var out = Set<StaleConntrack>()
         let before = Dictionary(old.map { ("\($0.service.namespace)/\($0.service.name)", $0) }, uniquingKeysWith: { a, _ in a })
         for e in new {
-            guard let was = before["\(e.service.namespace)/\(e.service.name)"] else { continue }
+            // A service new since `old` counts as having had no endpoints: datagrams sent to its
+            // address before it was programmed were routed un-NATed, and their entries would
+            // keep every later datagram of the flow from being NATed.
+            let was = before["\(e.service.namespace)/\(e.service.name)"]
             for p in e.service.ports where p.proto == "UDP" {
                 for family in [IPFamily.v4, .v6] {
-                    func backends(_ entry: Entry) -> Set<String> {
+                    func backends(_ entry: Entry?) -> Set<String> {
+                        guard let entry else { return [] }
                         let c = entry.endpoints.filter { $0.address.family == family }.compactMap { ep in ep.port(for: p).map { (ep, $0) } }
                         return Set(usable(c).map { "\($0.0.address)|\($0.1)" })
                     }
