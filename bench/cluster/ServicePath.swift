@@ -159,40 +159,36 @@ struct SocketError: Error, CustomStringConvertible {
     var description: String
 }
 
-/// One request to the lab's test server: connect, read its one-line answer, close.
-func request(_ ip: String, _ port: UInt16) throws(SocketError) {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+/// An IPv4 socket connected to ip:port (receive timeout 3 s); the caller closes it.
+func connectedSocket(_ ip: String, _ port: UInt16, udp: Bool = false, noDelay: Bool = false) throws(SocketError) -> Int32 {
+    let fd = socket(AF_INET, Int32((udp ? SOCK_DGRAM : SOCK_STREAM).rawValue), 0)
     guard fd >= 0 else { throw SocketError(description: "socket: \(errno)") }
-    defer { close(fd) }
     var tv = timeval(tv_sec: 3, tv_usec: 0)
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    var one: Int32 = 1
+    if noDelay { setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size)) }
     var addr = sockaddr_in()
     addr.sin_family = sa_family_t(AF_INET)
     addr.sin_port = port.bigEndian
     inet_pton(AF_INET, ip, &addr.sin_addr)
     let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-    guard rc == 0 else { throw SocketError(description: "connect \(ip):\(port): errno \(errno)") }
+    guard rc == 0 else { close(fd); throw SocketError(description: "connect \(ip):\(port): errno \(errno)") }
+    return fd
+}
+
+/// One request to the lab's test server: connect, read its one-line answer, close.
+func request(_ ip: String, _ port: UInt16) throws(SocketError) {
+    let fd = try connectedSocket(ip, port)
+    defer { close(fd) }
     var buf = [UInt8](repeating: 0, count: 256)
-    let n = read(fd, &buf, buf.count)
-    guard n > 0 else { throw SocketError(description: "no answer from \(ip):\(port)") }
+    guard read(fd, &buf, buf.count) > 0 else { throw SocketError(description: "no answer from \(ip):\(port)") }
 }
 
 /// `count` round trips (a line out, the echo back) on one connection to the lab's test server.
 func roundTrips(_ ip: String, _ port: UInt16, count: Int) throws(SocketError) -> [Double] {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw SocketError(description: "socket: \(errno)") }
+    let fd = try connectedSocket(ip, port, noDelay: true)
     defer { close(fd) }
-    var tv = timeval(tv_sec: 3, tv_usec: 0)
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-    var one: Int32 = 1
-    setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-    var addr = sockaddr_in()
-    addr.sin_family = sa_family_t(AF_INET)
-    addr.sin_port = port.bigEndian
-    inet_pton(AF_INET, ip, &addr.sin_addr)
-    let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-    guard rc == 0 else { throw SocketError(description: "connect \(ip):\(port): errno \(errno)") }
     var buf = [UInt8](repeating: 0, count: 256)
     guard read(fd, &buf, buf.count) > 0 else { throw SocketError(description: "no greeting from \(ip):\(port)") }
     let line = Array("ping\n".utf8)
@@ -219,15 +215,8 @@ enum DNSLoad {
     }
 
     static func run(server: String, names: [(String, UInt16)], seconds: Double, inFlight: Int) throws(SocketError) -> Result {
-        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
-        guard fd >= 0 else { throw SocketError(description: "socket: \(errno)") }
+        let fd = try connectedSocket(server, 53, udp: true)
         defer { close(fd) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = UInt16(53).bigEndian
-        inet_pton(AF_INET, server, &addr.sin_addr)
-        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        guard rc == 0 else { throw SocketError(description: "connect \(server):53: errno \(errno)") }
         var tv = timeval(tv_sec: 0, tv_usec: 200_000)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         var sent: [UInt16: Double] = [:]
