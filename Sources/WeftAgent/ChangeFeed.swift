@@ -16,3 +16,15 @@ func wakeOnChanges(_ store: any Datastore, prefix: String, logger: Logger, wake:
         }
     }
 }
+
+/// Renews `lease` at a third of its TTL while `holds()` is true; returns when it is not, and
+/// throws `.leaseNotFound` once the lease is lost. For the keys an agent keeps alive with a
+/// lease of their own (the EndpointSlice controller's leadership, the DNS endpoint).
+func renewLease(_ store: any Datastore, _ lease: Int64, ttl: Int64, while holds: @Sendable () async throws -> Bool = { true }) async throws {
+    let period = max(Double(ttl) / 3, 0.5)
+    while !Task.isCancelled {
+        try await Task.sleep(for: .milliseconds(Int(period * 1000)))
+        try await store.keepAlive(lease: lease)
+        guard try await holds() else { return }
+    }
+}

@@ -25,7 +25,8 @@ struct EndpointSliceController: Sendable {
                     logger.info("leading the EndpointSlice controller", metadata: ["node": "\(node)"])
                     defer { logger.info("stopped leading the EndpointSlice controller", metadata: ["node": "\(node)"]) }
                     try await withThrowingTaskGroup(of: Void.self) { group in
-                        group.addTask { try await keepLeading(lease: lease) }
+                        // Throws when the lease is lost, which ends the leadership.
+                        group.addTask { try await renewLease(store, lease, ttl: leaseTTL) }
                         group.addTask { try await reconcileLoop() }
                         try await group.next()
                         group.cancelAll()
@@ -55,15 +56,6 @@ struct EndpointSliceController: Sendable {
                 try await store.update(Self.leaderKey, value: Array(node.utf8), expectedRevision: kv.modRevision, lease: lease)
                 return true
             } catch DatastoreError.conflict { return false } catch DatastoreError.notFound { return false }
-        }
-    }
-
-    /// Renews the lease; throws (ending the leadership) when it is lost.
-    private func keepLeading(lease: Int64) async throws {
-        let period = max(Double(leaseTTL) / 3, 0.5)
-        while !Task.isCancelled {
-            try await Task.sleep(for: .milliseconds(Int(period * 1000)))
-            try await store.keepAlive(lease: lease)
         }
     }
 
@@ -117,9 +109,7 @@ struct EndpointSliceController: Sendable {
         do {
             for (key, slice) in wanted.sorted(by: { $0.key < $1.key }) {
                 if let (kv, have) = existing[key] {
-                    // Compared as stored: the parser does not keep key order, so the object
-                    // read back must be set against the desired one read back the same way.
-                    guard have != (try KubeObject(bytes: slice.bytes)) else { continue }
+                    guard have != slice else { continue }
                     try await store.update(key, value: slice.bytes, expectedRevision: kv.modRevision)
                 } else {
                     try await store.create(key, value: slice.bytes)

@@ -58,12 +58,7 @@ struct NodeDNS: Sendable {
                     try await store.create(key, value: value, lease: lease)
                 }
                 logger.info("cluster DNS endpoint published", metadata: ["address": "\(hostIP):\(server.port)"])
-                let period = max(Double(leaseTTL) / 3, 0.5)
-                while !Task.isCancelled {
-                    try await Task.sleep(for: .milliseconds(Int(period * 1000)))
-                    try await store.keepAlive(lease: lease)
-                    if try await store.get(key) == nil { break }
-                }
+                try await renewLease(store, lease, ttl: leaseTTL, while: { try await store.get(key) != nil })
             } catch is CancellationError {
                 return
             } catch {

@@ -23,7 +23,12 @@ public enum JSONValue: Sendable, Hashable {
         case let (.string(x), .string(y)): return x == y
         case let (.array(x), .array(y)): return x == y
         case let (.object(x), .object(y)):
-            return x.count == y.count && zip(x, y).allSatisfy { $0.0 == $1.0 && $0.1 == $1.1 }
+            // Member order carries no meaning in JSON (and the decoder does not keep it), so
+            // objects are equal when they hold the same members in any order.
+            guard x.count == y.count else { return false }
+            if zip(x, y).allSatisfy({ $0.0 == $1.0 && $0.1 == $1.1 }) { return true }
+            let members = Dictionary(y, uniquingKeysWith: { first, _ in first })
+            return x.allSatisfy { members[$0.0] == $0.1 }
         default: return false
         }
     }
@@ -35,7 +40,17 @@ public enum JSONValue: Sendable, Hashable {
         case .number(let n): h.combine(n)
         case .string(let s): h.combine(s)
         case .array(let a): h.combine(a)
-        case .object(let o): for (k, v) in o { h.combine(k); h.combine(v) }
+        case .object(let o):
+            // Independent of member order, as `==` is.
+            var members = 0
+            for (k, v) in o {
+                var one = Hasher()
+                one.combine(k)
+                one.combine(v)
+                members ^= one.finalize()
+            }
+            h.combine(o.count)
+            h.combine(members)
         }
     }
 

@@ -192,4 +192,15 @@ import WeftCore
         #expect(JSONPath().description == "")
         #expect(JSONPath("prevResult").key("ips").index(2).description == "prevResult.ips[2]")
     }
+
+    @Test func objectsAreEqualWhateverTheMemberOrder() throws {
+        let a = try JSONValue.parse(#"{"b":1,"a":{"y":[1,2],"x":true}}"#)
+        let b = try JSONValue.parse(#"{"a":{"x":true,"y":[1,2]},"b":1}"#)
+        let swapped = JSONValue.object([("b", .number(1)), ("a", .object([("y", .array([.number(1), .number(2)])), ("x", .bool(true))]))])
+        #expect(a == b && a == swapped)
+        #expect(Set([a, b, swapped]).count == 1, "equal values hash alike")
+        #expect(a != (try JSONValue.parse(#"{"b":1,"a":{"y":[2,1],"x":true}}"#)), "array order still counts")
+        #expect(a != (try JSONValue.parse(#"{"b":1,"a":{"y":[1,2],"x":true},"c":null}"#)))
+        #expect(a != (try JSONValue.parse(#"{"b":1,"c":{"y":[1,2],"x":true}}"#)))
+    }
 }

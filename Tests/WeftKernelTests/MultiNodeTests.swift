@@ -20,6 +20,38 @@ struct MultiNodeTests {
         func run(_ args: [String], stdin: String = "") throws -> CommandResult { try weft(args + ["--lab", name], stdin: stdin) }
         func nodeNS(_ i: Int) -> String { "wl-\(name)-node\(i)" }
         func podNS(_ ns: String, _ pod: String) -> String { "wl-\(name)-\(ns)-\(pod)" }
+
+        /// One TCP connection from namespace `ns` to `target`, a round trip every `intervalMs`
+        /// for `seconds` (`weft probe --hold`, which fails if the flow breaks); its output goes
+        /// to the pipe. The caller kills it if it outlives the test.
+        func heldFlow(from ns: String, to target: String, seconds: Int, intervalMs: Int = 50) throws -> (process: Process, output: Pipe) {
+            let flow = Process()
+            flow.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
+            flow.arguments = ["--net=/run/netns/\(ns)", product("weft"), "probe", target, "--hold", "\(seconds)", "--interval", "\(intervalMs)"]
+            let out = Pipe()
+            flow.standardOutput = out
+            flow.standardError = out
+            try flow.run()
+            return (flow, out)
+        }
+
+        /// Restarts node `i`'s agent as an operator would: SIGTERM, then the same command line.
+        /// Returns whether the old one stopped within 5 s, and the new process (lab down ends it).
+        func restartAgent(node i: Int) throws -> (stopped: Bool, process: Process) {
+            let agent = try #require(try sh(["ip", "netns", "pids", nodeNS(i)]).stdout.split(separator: "\n").compactMap { pid_t($0) }
+                .first { ((try? Files.readString("/proc/\($0)/cmdline")) ?? "").contains("\0agent\0") })
+            let argv = try Files.readString("/proc/\(agent)/cmdline").split(separator: "\0").map(String.init)
+            kill(agent, SIGTERM)
+            var stopped = false
+            for _ in 0..<50 where !stopped { stopped = kill(agent, 0) != 0; if !stopped { usleep(100_000) } }
+            let restarted = Process()
+            restarted.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
+            restarted.arguments = ["--net=/run/netns/\(nodeNS(i))"] + argv
+            restarted.standardOutput = FileHandle.nullDevice
+            restarted.standardError = FileHandle.nullDevice
+            try restarted.run()
+            return (stopped, restarted)
+        }
     }
 
     static func weft(_ args: [String], stdin: String = "") throws -> CommandResult { try sh([product("weft")] + args, stdin: stdin) }
@@ -147,13 +179,7 @@ struct MultiNodeTests {
         let range0 = try range(of: "node0"), range1 = try range(of: "node1")
 
         // One TCP connection from node0's pod to node1's pod, a round trip every 50 ms for 15 s.
-        let flow = Process()
-        flow.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
-        flow.arguments = ["--net=/run/netns/\(lab.podNS("default", "web-0-0"))", product("weft"), "probe", "\(target):8080", "--hold", "15", "--interval", "50"]
-        let out = Pipe()
-        flow.standardOutput = out
-        flow.standardError = out
-        try flow.run()
+        let (flow, out) = try lab.heldFlow(from: lab.podNS("default", "web-0-0"), to: "\(target):8080", seconds: 15)
         defer { if flow.isRunning { kill(flow.processIdentifier, SIGKILL) } }
         usleep(500_000)
 
@@ -163,19 +189,8 @@ struct MultiNodeTests {
         for p in etcd0 { kill(p, SIGKILL) }
 
         // Restart node1's agent (SIGTERM, then the same command line again).
-        let agent = try #require(try sh(["ip", "netns", "pids", lab.nodeNS(1)]).stdout.split(separator: "\n").compactMap { pid_t($0) }
-            .first { ((try? Files.readString("/proc/\($0)/cmdline")) ?? "").contains("\0agent\0") })
-        let argv = try Files.readString("/proc/\(agent)/cmdline").split(separator: "\0").map(String.init)
-        kill(agent, SIGTERM)
-        var exited = false
-        for _ in 0..<50 where !exited { exited = kill(agent, 0) != 0; if !exited { usleep(100_000) } }
+        let (exited, restarted) = try lab.restartAgent(node: 1)
         #expect(exited, "the agent stops on SIGTERM")
-        let restarted = Process()
-        restarted.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
-        restarted.arguments = ["--net=/run/netns/\(lab.nodeNS(1))"] + argv
-        restarted.standardOutput = FileHandle.nullDevice
-        restarted.standardError = FileHandle.nullDevice
-        try restarted.run()
         defer { kill(restarted.processIdentifier, SIGKILL); restarted.waitUntilExit() }
 
         // While the flow runs: each node always holds its route to the other's pods.

@@ -152,26 +152,10 @@ struct ServicesTests {
         // The client's node's agent restarts (SIGTERM, then the same command line): a connection
         // held through the ClusterIP all along does not break (the full sync at start replaces
         // the table in one transaction; the flow's NAT lives in conntrack).
-        let flow = Process()
-        flow.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
-        flow.arguments = ["--net=/run/netns/\(lab.podNS("default", "client"))", product("weft"), "probe", "\(vip):80", "--hold", "6", "--interval", "50"]
-        let out = Pipe()
-        flow.standardOutput = out
-        flow.standardError = out
-        try flow.run()
+        let (flow, out) = try lab.heldFlow(from: lab.podNS("default", "client"), to: "\(vip):80", seconds: 6)
         defer { if flow.isRunning { kill(flow.processIdentifier, SIGKILL) } }
         usleep(500_000)
-        let agent = try #require(try sh(["ip", "netns", "pids", lab.nodeNS(0)]).stdout.split(separator: "\n").compactMap { pid_t($0) }
-            .first { ((try? Files.readString("/proc/\($0)/cmdline")) ?? "").contains("\0agent\0") })
-        let argv = try Files.readString("/proc/\(agent)/cmdline").split(separator: "\0").map(String.init)
-        kill(agent, SIGTERM)
-        #expect(eventually(5) { kill(agent, 0) != 0 }, "the agent stops on SIGTERM")
-        let restarted = Process()
-        restarted.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
-        restarted.arguments = ["--net=/run/netns/\(lab.nodeNS(0))"] + argv
-        restarted.standardOutput = FileHandle.nullDevice
-        restarted.standardError = FileHandle.nullDevice
-        try restarted.run()
+        #expect(try lab.restartAgent(node: 0).stopped, "the agent stops on SIGTERM")
         #expect(eventually(15) { !flow.isRunning }, "the held flow ends on its own")
         let said = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         #expect(flow.terminationStatus == 0, "the flow through the ClusterIP survived the agent's restart: \(said)")

@@ -91,36 +91,33 @@ struct ServicePath: ParsableCommand {
             }
         }
 
-        // Request latency: connect, read the server's answer, close; blocks alternate paths.
-        var podLat: [Double] = [], svcLat: [Double] = []
-        print("\nrequest latency: \(blocks) blocks × \(requests) requests per path (connect, answer, close), alternating")
-        for b in 0..<(2 * blocks) {
-            try checkInterrupted()
-            let viaService = b % 2 == 1
-            let samples = try client.run { () throws(SocketError) -> [Double] in
-                var out: [Double] = []
-                for _ in 0..<requests {
-                    let s = now()
-                    try request(viaService ? vip : serverIP, viaService ? 80 : 8080)
-                    out.append(now() - s)
-                }
-                return out
+        // Samples from `block` run in the client pod, pod IP and ClusterIP blocks alternating.
+        func alternating(_ block: @escaping (_ ip: String, _ port: UInt16) throws(SocketError) -> [Double]) throws -> (pod: [Double], service: [Double]) {
+            var pod: [Double] = [], service: [Double] = []
+            for b in 0..<(2 * blocks) {
+                try checkInterrupted()
+                let viaService = b % 2 == 1
+                let samples = try client.run { () throws(SocketError) in try block(viaService ? vip : serverIP, viaService ? 80 : 8080) }
+                if viaService { service += samples } else { pod += samples }
             }
-            if viaService { svcLat += samples } else { podLat += samples }
+            return (pod, service)
         }
 
+        // Request latency: connect, read the server's answer, close.
+        print("\nrequest latency: \(blocks) blocks × \(requests) requests per path (connect, answer, close), alternating")
+        let (podLat, svcLat) = try alternating { (ip, port) throws(SocketError) in
+            var out: [Double] = []
+            for _ in 0..<requests {
+                let s = now()
+                try request(ip, port)
+                out.append(now() - s)
+            }
+            return out
+        }
         // Round trips on one held connection (keep-alive): the NAT was set up by its first
         // packet; later ones follow conntrack.
-        var podRTT: [Double] = [], svcRTT: [Double] = []
         print("keep-alive round trips: \(blocks) blocks × \(requests) per path on one connection each, alternating")
-        for b in 0..<(2 * blocks) {
-            try checkInterrupted()
-            let viaService = b % 2 == 1
-            let samples = try client.run { () throws(SocketError) -> [Double] in
-                try roundTrips(viaService ? vip : serverIP, viaService ? 80 : 8080, count: requests)
-            }
-            if viaService { svcRTT += samples } else { podRTT += samples }
-        }
+        let (podRTT, svcRTT) = try alternating { (ip, port) throws(SocketError) in try roundTrips(ip, port, count: requests) }
 
         // DNS: the client's resolver (its node's, through 10.96.0.10), a mix of names.
         print("\nDNS: \(dnsSeconds) s, \(dnsInFlight) queries in flight, from the client pod to 10.96.0.10")

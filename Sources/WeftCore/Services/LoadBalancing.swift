@@ -26,13 +26,9 @@ public enum LoadBalancing {
         return mine
     }
 
-    /// Nodes with an endpoint that takes traffic (ready, or serving while terminating when
-    /// none is ready) of `family`.
+    /// Nodes with an endpoint of `family` that takes traffic.
     static func localEndpointNodes(_ e: ServiceRules.Entry, family: IPFamily) -> Set<String> {
-        let eps = e.endpoints.filter { $0.address.family == family }
-        let ready = eps.filter(\.ready)
-        let usable = ready.isEmpty ? eps.filter { $0.serving && $0.terminating } : ready
-        return Set(usable.compactMap(\.nodeName))
+        Set(ServiceEndpoint.takingTraffic(e.endpoints.filter { $0.address.family == family }) { $0 }.compactMap(\.nodeName))
     }
 
     /// What a health-check node port answers on `node`, as kube-proxy's: the service and how
@@ -49,8 +45,7 @@ public enum LoadBalancing {
         var out: [UInt16: HealthCheck] = [:]
         for e in entries {
             guard let port = e.service.healthCheckNodePort, e.service.externalLocal else { continue }
-            let ready = e.endpoints.filter(\.ready)
-            let usable = ready.isEmpty ? e.endpoints.filter { $0.serving && $0.terminating } : ready
+            let usable = ServiceEndpoint.takingTraffic(e.endpoints) { $0 }
             // Counted per pod, not per address: a dual-stack pod is one endpoint.
             let local = Set(usable.filter { $0.nodeName == node }.map { $0.pod.isEmpty ? $0.address.description : $0.pod })
             out[port] = HealthCheck(service: "\(e.service.namespace)/\(e.service.name)", localEndpoints: local.count)

@@ -210,6 +210,17 @@ public struct ServiceEndpoint: Sendable, Equatable {
     public func port(for p: ClusterService.Port) -> UInt16? { ports[p.name ?? ""] }
 }
 
+extension ServiceEndpoint {
+    /// Of `items`, those whose endpoint takes traffic: the ready ones; when there is none, those
+    /// still serving while they terminate (Kubernetes' fallback, so a rollout's last pods drain
+    /// instead of refusing connections). The one rule for the dataplane, load balancer
+    /// announcement and health checks.
+    public static func takingTraffic<T>(_ items: [T], _ endpoint: (T) -> ServiceEndpoint) -> [T] {
+        let ready = items.filter { endpoint($0).ready }
+        return ready.isEmpty ? items.filter { endpoint($0).serving && endpoint($0).terminating } : ready
+    }
+}
+
 extension ClusterService {
     /// The pods this service selects (same namespace, every selector label matching, with an
     /// address), as the EndpointSlice controller lists them: per address, its conditions and the

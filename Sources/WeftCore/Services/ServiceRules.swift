@@ -113,12 +113,9 @@ public enum ServiceRules {
         return m
     }
 
-    /// The endpoints traffic goes to: the ready ones; when there is none, those still serving
-    /// while they terminate (Kubernetes' fallback, so a rollout's last pods drain instead of
-    /// refusing connections).
+    /// The endpoints traffic goes to (see `ServiceEndpoint.takingTraffic`).
     static func usable(_ endpoints: [(ServiceEndpoint, UInt16)]) -> [(ServiceEndpoint, UInt16)] {
-        let ready = endpoints.filter { $0.0.ready }
-        return ready.isEmpty ? endpoints.filter { $0.0.serving && $0.0.terminating } : ready
+        ServiceEndpoint.takingTraffic(endpoints) { $0.0 }
     }
 
     /// The chain that DNATs to one endpoint (and remembers its clients under session
