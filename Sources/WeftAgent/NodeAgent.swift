@@ -105,6 +105,7 @@ public final class NodeAgent: Service, @unchecked Sendable {
                                       leaseTTL: self.config.leaseTTL).run()
                 }
             }
+            group.addTask { try await PolicyEnforcer(store: self.store, logger: self.logger, node: self.config.nodeName).run() }
             group.addTask {
                 try await EndpointSliceController(store: self.store, logger: self.logger, node: self.config.nodeName, leaseTTL: self.config.leaseTTL).run()
             }

@@ -68,3 +68,22 @@ struct NodeDNS: Sendable {
         }
     }
 }
+
+extension NodeDNS {
+    /// The node resolvers as NetworkPolicy peers: Kubernetes users allow DNS by selecting the
+    /// kube-dns pods (`k8s-app: kube-dns` in kube-system); weft's resolvers are the agents,
+    /// so each published endpoint stands in for such a pod (a peer only: never isolated).
+    static func policyPeers(_ slices: [KubeObject]) -> [PolicyPod] {
+        slices.filter { $0.labels[EndpointSlices.managedByLabel] == managedBy && $0.labels[EndpointSlices.serviceNameLabel] == serviceName }.flatMap { s in
+            var ports: [String: UInt16] = [:]
+            for p in s.json["ports"]?.arrayValue ?? [] {
+                if let n = p["name"]?.stringValue, let v = p["port"]?.intValue, (1...65535).contains(v) { ports["\(n)/\(p["protocol"]?.stringValue ?? "TCP")"] = UInt16(v) }
+            }
+            return (s.json["endpoints"]?.arrayValue ?? []).map { e in
+                PolicyPod(namespace: serviceNamespace, name: s.name, labels: ["k8s-app": serviceName],
+                          addresses: (e["addresses"]?.arrayValue ?? []).compactMap { $0.stringValue.flatMap(IPAddress.init) },
+                          node: e["nodeName"]?.stringValue, namedPorts: ports, selectable: false)
+            }
+        }
+    }
+}

@@ -29,7 +29,7 @@ public struct ClusterClient: Sendable {
                 l["kubernetes.io/metadata.name"] = o.name
                 o.labels = l
             }
-            if o.kind == "Service" || o.kind == "Pod" || o.kind == "EndpointSlice" || o.kind == "Deployment" {
+            if ["Service", "Pod", "EndpointSlice", "Deployment", "NetworkPolicy"].contains(o.kind) {
                 try await placeInNamespace(&o)
             }
             if o.kind == "Service" {

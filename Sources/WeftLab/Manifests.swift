@@ -68,6 +68,9 @@ public enum Manifests {
         if identityOnly { return o }
         if o.kind == "Service" { _ = try ClusterService(o) }
         if o.kind == "EndpointSlice" { try EndpointSlices.validate(o) }
+        // Checked with the rest of the file before anything is written: a bad policy is refused
+        // with its field named, and the policies in force stay as they are.
+        if o.kind == "NetworkPolicy" { _ = try NetworkPolicy(o) }
         if o.kind == "Deployment" {
             let d = try Deployment(o)
             _ = try validate(d.pod(suffix: "xxxxx"), where: "\(w) spec.template")

@@ -89,9 +89,9 @@ struct Delete: AsyncParsableCommand {
 }
 
 struct Get: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "List pods, nodes, namespaces, services or endpointslices, as kubectl get does.")
+    static let configuration = CommandConfiguration(abstract: "List pods, nodes, namespaces, services, endpointslices, deployments or networkpolicies, as kubectl get does.")
     @OptionGroup var cluster: ClusterOptions
-    @Argument(help: "pods, nodes, namespaces, services or endpointslices.") var resource: String
+    @Argument(help: "pods, nodes, namespaces, services, endpointslices, deployments or networkpolicies.") var resource: String
     @Flag(name: [.customShort("A"), .customLong("all-namespaces")], help: "Pods of every namespace.") var allNamespaces = false
     @Option(name: .shortAndLong, help: "Namespace of the pods.") var namespace = "default"
     @Option(name: .shortAndLong, help: "Output: wide or json.") var output: String?
@@ -111,7 +111,9 @@ struct Get: AsyncParsableCommand {
             objects = try await client.list(Keys.deployments).filter { allNamespaces || ($0.namespace ?? "default") == namespace }
         case "endpointslices", "endpointslice":
             objects = try await client.list(Keys.endpointSlices).filter { allNamespaces || ($0.namespace ?? "default") == namespace }
-        default: throw ValidationError("unknown resource \"\(resource)\"; expected pods, nodes, namespaces, services, endpointslices or deployments")
+        case "networkpolicies", "networkpolicy", "netpol":
+            objects = try await client.list(Keys.networkPolicies).filter { allNamespaces || ($0.namespace ?? "default") == namespace }
+        default: throw ValidationError("unknown resource \"\(resource)\"; expected pods, nodes, namespaces, services, endpointslices, deployments or networkpolicies")
         }
         objects.sort { ($0.namespace ?? "", $0.name) < ($1.namespace ?? "", $1.name) }
         if output == "json" {
@@ -120,6 +122,15 @@ struct Get: AsyncParsableCommand {
         }
         guard output == nil || output == "wide" else { throw ValidationError("-o \(output!): expected wide or json") }
         switch resource.prefix(2) {
+        case "ne":
+            // kubectl's columns, plus the policy types after defaulting.
+            let header = ["NAMESPACE", "NAME", "POD-SELECTOR", "POLICY-TYPES"]
+            print(Tables.render(allNamespaces ? header : Array(header.dropFirst()), objects.map { o in
+                let p = try? NetworkPolicy(o)
+                let row = [o.namespace ?? "default", o.name, p?.podSelector.description ?? "?",
+                           p.map { $0.policyTypes.map(\.rawValue).sorted().joined(separator: ",") } ?? "?"]
+                return allNamespaces ? row : Array(row.dropFirst())
+            }))
         case "de":
             // kubectl's columns: pods of the current template running out of those wanted.
             let pods = try await client.list(Keys.pods)

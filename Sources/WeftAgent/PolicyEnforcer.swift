@@ -1,0 +1,157 @@
+import Foundation
+import Logging
+import Synchronization
+import WeftCore
+import WeftOS
+
+/// The agent's NetworkPolicy enforcement: follows policies, pods, namespaces and the cluster
+/// DNS endpoints, keeps the node's `inet weft-policy` table equal to what they describe (only
+/// the difference is written: a pod changing labels moves set elements), and explains each
+/// packet the table logs as denied: which pod, which peer, which port, and which policies
+/// isolate the pod without allowing it. Level-based like the service proxy; the whole table is
+/// rewritten at start, after a failed update and every `resyncSeconds`.
+final class PolicyEnforcer: Sendable {
+    let store: any Datastore
+    let logger: Logger
+    let node: String
+    let resyncSeconds: Double
+    /// Opens the node's nflog group (nil in tests without a kernel).
+    let openLog: @Sendable () throws -> NFLog?
+
+    init(store: any Datastore, logger: Logger, node: String, resyncSeconds: Double = 300,
+         openLog: @escaping @Sendable () throws -> NFLog? = { try NFLog(group: PolicyRules.logGroup) }) {
+        self.store = store; self.logger = logger; self.node = node; self.resyncSeconds = resyncSeconds; self.openLog = openLog
+    }
+
+    /// What the last pass read, for explaining logged packets.
+    let state = Mutex(PolicyRules.Input(policies: [], pods: [], namespaces: [:]))
+    let nodeAddresses = Mutex([IPAddress: String]())
+
+    func run() async throws {
+        let (changes, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for prefix in [Keys.networkPolicies, Keys.pods, Keys.namespaces, Keys.endpointSlices + NodeDNS.serviceNamespace + "/", Keys.nodes] {
+                group.addTask { try await wakeOnChanges(self.store, prefix: prefix, logger: self.logger, wake: wake) }
+            }
+            group.addTask {
+                while !Task.isCancelled {
+                    try await Task.sleep(for: .milliseconds(Int(self.resyncSeconds * 1000)))
+                    wake.yield()
+                }
+            }
+            group.addTask { try await self.apply(changes) }
+            group.addTask { await self.explainDenials() }
+            try await group.next()
+            group.cancelAll()
+        }
+    }
+
+    /// Reads the datastore into the rules' input. Policies weft cannot read are skipped with a
+    /// warning (the API refuses them; one written around it must not take the others down).
+    func readInput() async throws -> PolicyRules.Input {
+        var policies: [NetworkPolicy] = []
+        for kv in try await store.list(prefix: Keys.networkPolicies).items {
+            guard let o = try? KubeObject(bytes: kv.value) else { continue }
+            do { policies.append(try NetworkPolicy(o)) } catch {
+                logger.warning("skipping a network policy weft cannot read", metadata: ["error": "\(error)"])
+            }
+        }
+        var pods = try await store.list(prefix: Keys.pods).items.compactMap { (try? KubeObject(bytes: $0.value)).flatMap(PolicyPod.init) }
+        let slices = try await store.list(prefix: Keys.endpointSlices + NodeDNS.serviceNamespace + "/").items.compactMap { try? KubeObject(bytes: $0.value) }
+        pods += NodeDNS.policyPeers(slices)
+        var namespaces: [String: [String: String]] = [:]
+        for kv in try await store.list(prefix: Keys.namespaces).items {
+            if let o = try? KubeObject(bytes: kv.value) { namespaces[o.name] = o.labels }
+        }
+        var hosts: [IPAddress: String] = [:]
+        for kv in try await store.list(prefix: Keys.nodes).items {
+            if let n = (try? KubeObject(bytes: kv.value)).flatMap(NodeInfo.init) { hosts[n.hostIP] = n.name }
+        }
+        nodeAddresses.withLock { $0 = hosts }
+        return PolicyRules.Input(policies: policies.sorted { $0.id < $1.id }, pods: pods.sorted { ($0.namespace, $0.name) < ($1.namespace, $1.name) },
+                                 namespaces: namespaces)
+    }
+
+    private func apply(_ changes: AsyncStream<Void>) async throws {
+        let nft = LibNFTables()
+        var applied: TableModel?
+        var lastFull = ContinuousClock.now
+        for await _ in changes {
+            do {
+                let input = try await readInput()
+                state.withLock { $0 = input }
+                let want = PolicyRules.model(input, node: node)
+                let due = ContinuousClock.now - lastFull >= .milliseconds(Int(resyncSeconds * 1000))
+                let meta: Logger.Metadata = ["policies": "\(input.policies.count)", "pods": "\(input.pods.count)"]
+                if let have = applied, !due {
+                    switch TableModel.update(from: have, to: want) {
+                    case .none: continue
+                    case .incremental(let update, let cleanup):
+                        do {
+                            applied = nil
+                            if !update.isEmpty { try nft.run(update) }
+                            if !cleanup.isEmpty { try nft.run(cleanup) }
+                            applied = want
+                            logger.info("network policies updated", metadata: meta)
+                            continue
+                        } catch {
+                            logger.warning("incremental policy update failed; replacing the table", metadata: ["error": "\(error)"])
+                        }
+                    case .full: break
+                    }
+                }
+                try nft.run(want.fullScript)
+                applied = want
+                lastFull = ContinuousClock.now
+                logger.info("network policies programmed (full sync)", metadata: meta)
+            } catch {
+                applied = nil
+                logger.error("programming network policies failed; retrying at the next change or resync", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
+    private final class Stop: Sendable { let flag = Atomic(false) }
+
+    static func interfaceName(_ index: UInt32) -> String? {
+        var buf = [CChar](repeating: 0, count: Int(IF_NAMESIZE) + 1)
+        guard if_indextoname(index, &buf) != nil else { return nil }
+        return String(cString: buf)
+    }
+
+    /// Reads the packets the table logs (on a thread of its own: the read blocks) and logs each
+    /// with its explanation.
+    private func explainDenials() async {
+        let log: NFLog
+        do {
+            guard let l = try openLog() else { return }
+            log = l
+        } catch {
+            logger.error("cannot read denied packets (nflog); verdicts are still counted, not explained", metadata: ["error": "\(error)"])
+            return
+        }
+        let (packets, sink) = AsyncStream.makeStream(of: LoggedPacket.self, bufferingPolicy: .bufferingNewest(1000))
+        let stop = Stop()
+        let reader = Thread {
+            while !stop.flag.load(ordering: .relaxed) {
+                guard let batch = try? log.receive(timeoutMilliseconds: 500) else { break }
+                for p in batch { sink.yield(p) }
+            }
+            log.close()
+            sink.finish()
+        }
+        reader.start()
+        await withTaskCancellationHandler {
+            for await p in packets {
+                let input = self.state.withLock { $0 }
+                let hosts = self.nodeAddresses.withLock { $0 }
+                let d = PolicyVerdict.explain(p.prefix, source: p.source, destination: p.destination, proto: p.proto,
+                                              sourcePort: p.sourcePort, destinationPort: p.destinationPort,
+                                              interface: p.inInterface.flatMap(Self.interfaceName), input: input, nodes: hosts)
+                self.logger.notice("\(d.summary)", metadata: d.metadata.mapValues { .string($0) })
+            }
+        } onCancel: {
+            stop.flag.store(true, ordering: .relaxed)
+        }
+    }
+}

@@ -1,0 +1,240 @@
+/// NetworkPolicy enforcement as one nftables table per node (`inet weft-policy`), for the pods
+/// of that node. Rules are fixed per policy; the pods and peers they select are set elements, so
+/// a pod appearing or changing labels changes elements only.
+///
+/// Layout (forward and input hooks see pod traffic after the services table's DNAT, so traffic
+/// to a Service is judged against the backend pod it was sent to):
+/// - `forward-egress` (forward), `input-egress` (input: pods talking to their node, e.g. its
+///   DNS): replies of tracked connections pass; a packet from an egress-isolated local pod goes,
+///   through the map `egress-pods4`/`6` (pod address → its namespace's chain), to
+///   `ns/<namespace>/egress`, which jumps to each policy of the namespace that selects the pod
+///   (`ip saddr @np/<ns>/<name>/pods4`). A policy chain `accept`s what one of its rules allows
+///   (an accept ends this base chain only, so the ingress check still runs); what none allows
+///   falls to `egress-denied`: counted, logged to nflog (rate-limited), dropped.
+/// - `forward-ingress` (forward, after egress): the same by destination. Traffic from the node
+///   itself (probes) takes the output hook and is never judged, as Kubernetes requires.
+/// - `antispoof` (prerouting): a packet from a pod's interface whose source does not route
+///   back through that interface is dropped (strict reverse path), before anything else.
+///
+/// Peer sets are shared by every rule naming the same peer (named by a digest of it) and hold
+/// pod addresses of the whole cluster; selected-pod sets hold this node's pods only.
+public enum PolicyRules {
+    public static let table = "weft-policy"
+    /// The nflog group denied packets are logged to (one per network namespace).
+    public static let logGroup: UInt16 = 4210
+    public static let logPrefix = "weft-policy "
+    /// Logged denials per second per node (counters count every packet).
+    public static let logRate = 50
+
+    static let families: [(IPFamily, String, String)] = [(.v4, "ip", "4"), (.v6, "ip6", "6")]
+
+    /// Everything the rules depend on.
+    public struct Input: Sendable, Equatable {
+        public var policies: [NetworkPolicy]
+        public var pods: [PolicyPod]
+        /// Namespace name → its labels (the `kubernetes.io/metadata.name` label is implied).
+        public var namespaces: [String: [String: String]]
+        public init(policies: [NetworkPolicy], pods: [PolicyPod], namespaces: [String: [String: String]]) {
+            self.policies = policies; self.pods = pods; self.namespaces = namespaces
+        }
+
+        public func namespaceLabels(_ ns: String) -> [String: String] {
+            var l = namespaces[ns] ?? [:]
+            l["kubernetes.io/metadata.name"] = ns
+            return l
+        }
+
+        /// The pods a policy selects (in its namespace; never peer-only entries).
+        public func selected(by p: NetworkPolicy) -> [PolicyPod] {
+            pods.filter { $0.selectable && $0.namespace == p.namespace && p.podSelector.matches($0.labels) }
+        }
+
+        /// The pods a peer stands for, seen from a policy in `namespace`.
+        public func pods(of peer: NetworkPolicy.Peer, policyNamespace namespace: String) -> [PolicyPod] {
+            guard case .pods(let ps, let nss) = peer else { return [] }
+            return pods.filter { pod in
+                let nsOK = nss.map { $0.matches(namespaceLabels(pod.namespace)) } ?? (pod.namespace == namespace)
+                return nsOK && (ps?.matches(pod.labels) ?? true)
+            }
+        }
+
+        /// The policies isolating `pod` in direction `d` (those that select it and have the type).
+        public func isolating(_ pod: PolicyPod, _ d: NetworkPolicy.Direction) -> [NetworkPolicy] {
+            guard pod.selectable else { return [] }
+            return policies.filter { $0.policyTypes.contains(d) && $0.namespace == pod.namespace && $0.podSelector.matches(pod.labels) }
+        }
+    }
+
+    public static func chainName(_ p: NetworkPolicy, _ d: NetworkPolicy.Direction) -> String { "np/\(p.namespace)/\(p.name)/\(d == .ingress ? "ingress" : "egress")" }
+    public static func podsSet(_ p: NetworkPolicy, _ fam: String) -> String { "np/\(p.namespace)/\(p.name)/pods\(fam)" }
+
+    public static func model(_ input: Input, node: String) -> TableModel {
+        var m = TableModel(name: table)
+        let local = input.pods.filter { $0.node == node && $0.selectable }
+        func addSet(_ name: String, type: String, comment: String, _ elements: [String]) {
+            m.sets[name] = .init(spec: "type \(type) ; comment \(TableModel.quoted(String(comment.prefix(120)))) ;",
+                                 elements: Dictionary(elements.map { ($0, "") }, uniquingKeysWith: { a, _ in a }))
+        }
+        for (_, _, fam) in families {
+            m.sets["ingress-pods\(fam)"] = .init(spec: "type \(fam == "4" ? "ipv4_addr" : "ipv6_addr") : verdict ;", isMap: true)
+            m.sets["egress-pods\(fam)"] = .init(spec: "type \(fam == "4" ? "ipv4_addr" : "ipv6_addr") : verdict ;", isMap: true)
+        }
+        m.counters = ["denied-ingress", "denied-egress", "spoofed"]
+
+        let byNamespace = Dictionary(grouping: input.policies, by: \.namespace)
+        for ns in byNamespace.keys.sorted() {
+            let policies = byNamespace[ns]!.sorted { $0.name < $1.name }
+            for d in NetworkPolicy.Direction.allCases {
+                let typed = policies.filter { $0.policyTypes.contains(d) }
+                guard !typed.isEmpty else { continue }
+                let dir = d == .ingress ? "ingress" : "egress"
+                let match = d == .ingress ? "daddr" : "saddr"
+                var nsRules: [String] = []
+                for p in typed {
+                    for (_, nfam, fam) in families { nsRules.append("\(nfam) \(match) @\(podsSet(p, fam)) jump \(chainName(p, d))") }
+                    m.chains[chainName(p, d)] = .init(rules: policyRules(p, d, input, local: local, into: &m))
+                }
+                nsRules.append("goto \(dir)-denied")
+                m.chains["ns/\(ns)/\(dir)"] = .init(rules: nsRules)
+                // Every local pod of the namespace some policy isolates in this direction.
+                for pod in local where pod.namespace == ns && typed.contains(where: { $0.podSelector.matches(pod.labels) }) {
+                    for a in pod.addresses {
+                        m.sets["\(dir)-pods\(a.family == .v4 ? "4" : "6")"]!.elements[a.description] = "jump ns/\(ns)/\(dir)"
+                    }
+                }
+            }
+            for p in policies {
+                let sel = input.selected(by: p).filter { $0.node == node }
+                for (family, _, fam) in families {
+                    addSet(podsSet(p, fam), type: family == .v4 ? "ipv4_addr" : "ipv6_addr", comment: "pods \(p.podSelector) in \(p.namespace)",
+                           sel.flatMap(\.addresses).filter { $0.family == family }.map(\.description))
+                }
+            }
+        }
+
+        // Counted always, logged at a bounded rate (the agent explains each logged packet).
+        func denied(_ what: String, counter: String) -> TableModel.Chain {
+            .init(rules: ["counter name \"\(counter)\"",
+                          "limit rate \(logRate)/second burst \(logRate) packets log prefix \"\(logPrefix)\(what)\" group \(logGroup)", "drop"])
+        }
+        m.chains["ingress-denied"] = denied("ingress", counter: "denied-ingress")
+        m.chains["egress-denied"] = denied("egress", counter: "denied-egress")
+        m.chains["spoofed"] = denied("spoofed", counter: "spoofed")
+        let tracked = "ct state established,related accept"
+        m.chains["forward-egress"] = .init(hook: "type filter hook forward priority -5 ; policy accept ;",
+                                           rules: [tracked, "ip saddr vmap @egress-pods4", "ip6 saddr vmap @egress-pods6"])
+        m.chains["input-egress"] = .init(hook: "type filter hook input priority -5 ; policy accept ;",
+                                         rules: [tracked, "ip saddr vmap @egress-pods4", "ip6 saddr vmap @egress-pods6"])
+        m.chains["forward-ingress"] = .init(hook: "type filter hook forward priority 0 ; policy accept ;",
+                                            rules: [tracked, "ip daddr vmap @ingress-pods4", "ip6 daddr vmap @ingress-pods6"])
+        // Pods' host-side interfaces are weft<hash>; the overlay device is not a pod's. `::`
+        // is the source of duplicate address detection, which routes nowhere.
+        m.chains["antispoof"] = .init(hook: "type filter hook prerouting priority -300 ; policy accept ;",
+                                      rules: ["iifname != \"weft*\" accept", "iifname \"\(VXLAN.device)\" accept", "ip6 saddr :: accept",
+                                              "fib saddr . iif oif missing goto spoofed"])
+        return m
+    }
+
+    /// The policy chain: one `accept` per (peer, port) of each rule, per family.
+    static func policyRules(_ p: NetworkPolicy, _ d: NetworkPolicy.Direction, _ input: Input, local: [PolicyPod], into m: inout TableModel) -> [String] {
+        let dir = d == .ingress ? "ingress" : "egress"
+        let peerField = d == .ingress ? "saddr" : "daddr"
+        var out: [String] = []
+        for (i, rule) in p.rules(d).enumerated() {
+            for (family, nfam, fam) in families {
+                // Peer matches for this family; nil entries are "any".
+                var peers: [String?] = []
+                if rule.peers.isEmpty { peers = [nil] }
+                for peer in rule.peers {
+                    switch peer {
+                    case .ipBlock(let cidr, let except):
+                        guard cidr.family == family else { continue }
+                        var s = "\(nfam) \(peerField) \(cidr)"
+                        if !except.isEmpty { s += " \(nfam) \(peerField) != { \(except.map(\.description).joined(separator: ", ")) }" }
+                        peers.append(s)
+                    case .pods(let ps, let nss):
+                        let key = "pods \(ps?.description ?? "<all>") in " + (nss.map { "namespaces \($0)" } ?? "namespace \(p.namespace)")
+                        let name = "peer-\(hex16(fnv1a64(key + "|" + (nss == nil ? p.namespace : ""))))-\(fam)"
+                        if m.sets[name] == nil {
+                            let addrs = input.pods(of: peer, policyNamespace: p.namespace).flatMap(\.addresses).filter { $0.family == family }
+                            m.sets[name] = .init(spec: "type \(family == .v4 ? "ipv4_addr" : "ipv6_addr") ; comment \(TableModel.quoted(String(key.prefix(120)))) ;",
+                                                 elements: Dictionary(addrs.map { ($0.description, "") }, uniquingKeysWith: { a, _ in a }))
+                        }
+                        peers.append("\(nfam) \(peerField) @\(name)")
+                    }
+                }
+                guard !peers.isEmpty else { continue }   // only peers of the other family
+                var ports: [String?] = []
+                if rule.ports.isEmpty { ports = [nil] }
+                for (k, port) in rule.ports.enumerated() {
+                    let l4 = port.proto.lowercased()
+                    switch port.port {
+                    case nil: ports.append("meta l4proto \(l4)")
+                    case .number(let n)?:
+                        if let e = port.endPort, e != n { ports.append("meta l4proto \(l4) th dport \(n)-\(e)") } else { ports.append("meta l4proto \(l4) th dport \(n)") }
+                    case .name(let n)?:
+                        // Resolved per destination pod: the selected pods for ingress, the peers'
+                        // (any pod of the cluster) for egress.
+                        let candidates = d == .ingress ? local.filter { p.podSelector.matches($0.labels) && $0.namespace == p.namespace } : input.pods
+                        var elements: [String] = []
+                        for pod in candidates {
+                            guard let num = pod.namedPorts["\(n)/\(port.proto)"] else { continue }
+                            for a in pod.addresses where a.family == family { elements.append("\(a) . \(l4) . \(num)") }
+                        }
+                        let name = "np/\(p.namespace)/\(p.name)/\(dir)/\(i)/port/\(k)/\(fam)"
+                        m.sets[name] = .init(spec: "type \(family == .v4 ? "ipv4_addr" : "ipv6_addr") . inet_proto . inet_service ; comment \(TableModel.quoted("\(port.proto) port \(n)")) ;",
+                                             elements: Dictionary(elements.map { ($0, "") }, uniquingKeysWith: { a, _ in a }))
+                        ports.append("\(nfam) daddr . meta l4proto . th dport @\(name)")
+                    }
+                }
+                for peer in peers {
+                    for port in ports {
+                        out.append([peer, port, "accept"].compactMap { $0 }.joined(separator: " "))
+                    }
+                }
+            }
+        }
+        // Identical rules (a rule that is "any" in both families) once.
+        var seen = Set<String>()
+        return out.filter { seen.insert($0).inserted }
+    }
+}
+
+/// A pod as policy sees it: where it runs, its labels, addresses and named container ports.
+public struct PolicyPod: Sendable, Hashable {
+    public var namespace: String
+    public var name: String
+    public var labels: [String: String]
+    public var addresses: [IPAddress]
+    public var node: String?
+    /// "name/PROTO" → port number, from the containers' ports.
+    public var namedPorts: [String: UInt16]
+    /// False for entries that are peers only (the node-local DNS servers weft runs for
+    /// kube-dns): no policy selects or isolates them.
+    public var selectable: Bool
+
+    public init(namespace: String, name: String, labels: [String: String], addresses: [IPAddress], node: String?,
+                namedPorts: [String: UInt16] = [:], selectable: Bool = true) {
+        self.namespace = namespace; self.name = name; self.labels = labels; self.addresses = addresses
+        self.node = node; self.namedPorts = namedPorts; self.selectable = selectable
+    }
+
+    /// Nil for pods policy cannot tell apart: without an address yet, or on the host network
+    /// (their address is their node's).
+    public init?(_ o: KubeObject) {
+        guard o.spec["hostNetwork"]?.boolValue != true else { return nil }
+        var ips = (o.status["podIPs"]?.arrayValue ?? []).compactMap { $0["ip"]?.stringValue.flatMap(IPAddress.init) }
+        if ips.isEmpty, let one = o.status["podIP"]?.stringValue.flatMap(IPAddress.init) { ips = [one] }
+        guard !ips.isEmpty else { return nil }
+        var named: [String: UInt16] = [:]
+        for c in o.spec["containers"]?.arrayValue ?? [] {
+            for port in c["ports"]?.arrayValue ?? [] {
+                if let n = port["name"]?.stringValue, let v = port["containerPort"]?.intValue, (1...65535).contains(v) {
+                    named["\(n)/\(port["protocol"]?.stringValue ?? "TCP")"] = UInt16(v)
+                }
+            }
+        }
+        self.init(namespace: o.namespace ?? "default", name: o.name, labels: o.labels, addresses: ips,
+                  node: o.spec["nodeName"]?.stringValue, namedPorts: named)
+    }
+}

@@ -1,0 +1,112 @@
+import Testing
+import WeftCore
+
+struct NetworkPolicyTests {
+    static func policy(_ spec: String, name: String = "p", namespace: String = "default") throws -> NetworkPolicy {
+        let j = try JSONValue.parse(#"{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"name":"\#(name)","namespace":"\#(namespace)"},"spec":\#(spec)}"#)
+        return try NetworkPolicy(KubeObject(json: j))
+    }
+
+    func expectError(_ spec: String, mentioning parts: [String], sourceLocation: SourceLocation = #_sourceLocation) {
+        let e = #expect(throws: ManifestError.self, sourceLocation: sourceLocation) { _ = try Self.policy(spec) }
+        for p in parts { #expect(e?.description.contains(p) == true, "\"\(e?.description ?? "")\" should mention \"\(p)\"", sourceLocation: sourceLocation) }
+    }
+
+    @Test func policyTypesDefaultAsKubernetesDoes() throws {
+        #expect(try Self.policy(#"{"podSelector":{}}"#).policyTypes == [.ingress])
+        #expect(try Self.policy(#"{"podSelector":{},"egress":[{}]}"#).policyTypes == [.ingress, .egress])
+        #expect(try Self.policy(#"{"podSelector":{},"egress":[]}"#).policyTypes == [.ingress], "an empty egress list is no egress rule")
+        #expect(try Self.policy(#"{"podSelector":{},"policyTypes":["Egress"]}"#).policyTypes == [.egress])
+    }
+
+    @Test func selectorsAndPeersParse() throws {
+        let p = try Self.policy(#"""
+        {"podSelector":{"matchLabels":{"app":"db"},"matchExpressions":[{"key":"tier","operator":"NotIn","values":["test"]}]},
+         "ingress":[{"from":[{"podSelector":{"matchLabels":{"app":"web"}},"namespaceSelector":{"matchLabels":{"team":"a"}}},
+                             {"podSelector":{"matchLabels":{"app":"web"}}},{"namespaceSelector":{}},
+                             {"ipBlock":{"cidr":"192.168.0.0/16","except":["192.168.1.0/24"]}}],
+                     "ports":[{"port":5432},{"protocol":"UDP","port":"dns"},{"port":8000,"endPort":8080},{"protocol":"SCTP"}]}]}
+        """#)
+        #expect(p.podSelector.matches(["app": "db"]) && p.podSelector.matches(["app": "db", "tier": "prod"]))
+        #expect(!p.podSelector.matches(["app": "db", "tier": "test"]) && !p.podSelector.matches(["app": "web"]))
+        let web = LabelSelector(matchLabels: ["app": "web"])
+        #expect(p.ingress[0].peers == [.pods(podSelector: web, namespaceSelector: LabelSelector(matchLabels: ["team": "a"])),
+                                       .pods(podSelector: web, namespaceSelector: nil), .pods(podSelector: nil, namespaceSelector: .everything),
+                                       .ipBlock(cidr: net("192.168.0.0/16"), except: [net("192.168.1.0/24")])])
+        #expect(p.ingress[0].ports == [.init(port: .number(5432)), .init(proto: "UDP", port: .name("dns")),
+                                       .init(port: .number(8000), endPort: 8080), .init(proto: "SCTP")])
+    }
+
+    @Test func badPoliciesNameTheField() {
+        expectError(#"{"podSelector":{"matchExpressions":[{"key":"app","operator":"Has"}]}}"#, mentioning: ["spec.podSelector.matchExpressions[0].operator", "In, NotIn, Exists or DoesNotExist"])
+        expectError(#"{"podSelector":{"matchExpressions":[{"key":"app","operator":"In"}]}}"#, mentioning: ["matchExpressions[0].values is empty"])
+        expectError(#"{"podSelector":{"matchExpressions":[{"key":"app","operator":"Exists","values":["x"]}]}}"#, mentioning: ["must be empty"])
+        expectError(#"{"podSelector":{"matchLabels":{"bad key!":"x"}}}"#, mentioning: ["spec.podSelector.matchLabels", "bad key!"])
+        expectError(#"{"podSelector":{},"ingress":[{"ports":[{"protocol":"ICMP"}]}]}"#, mentioning: ["spec.ingress[0].ports[0].protocol", "TCP, UDP or SCTP"])
+        expectError(#"{"podSelector":{},"ingress":[{"ports":[{"port":70000}]}]}"#, mentioning: ["spec.ingress[0].ports[0].port 70000", "1 to 65535"])
+        expectError(#"{"podSelector":{},"ingress":[{"ports":[{"port":"HTTP_PORT"}]}]}"#, mentioning: ["ports[0].port \"HTTP_PORT\"", "port name"])
+        expectError(#"{"podSelector":{},"egress":[{"ports":[{"port":"http","endPort":90}]}]}"#, mentioning: ["spec.egress[0].ports[0].endPort", "numbered port"])
+        expectError(#"{"podSelector":{},"egress":[{"ports":[{"port":90,"endPort":80}]}]}"#, mentioning: ["endPort 80 is below port 90"])
+        expectError(#"{"podSelector":{},"ingress":[{"from":[{"ipBlock":{"cidr":"10.0.0.300/8"}}]}]}"#, mentioning: ["spec.ingress[0].from[0].ipBlock.cidr", "not a CIDR"])
+        expectError(#"{"podSelector":{},"ingress":[{"from":[{"ipBlock":{"cidr":"10.0.0.0/16","except":["10.1.0.0/24"]}}]}]}"#, mentioning: ["except[0]", "strict subset"])
+        expectError(#"{"podSelector":{},"ingress":[{"from":[{"ipBlock":{"cidr":"10.0.0.0/16"},"podSelector":{}}]}]}"#, mentioning: ["from[0]", "cannot be combined"])
+        expectError(#"{"podSelector":{},"ingress":[{"from":[{}]}]}"#, mentioning: ["from[0] is empty"])
+        expectError(#"{"podSelector":{},"policyTypes":["Ingres"]}"#, mentioning: ["spec.policyTypes[0]", "\"Ingress\" or \"Egress\""])
+        expectError(#"{"podSelector":{},"ingress":{}}"#, mentioning: ["spec.ingress is an object", "list of rules"])
+    }
+
+    // MARK: the table
+
+    static let ns: [String: [String: String]] = ["a": ["team": "a"], "b": ["team": "b"]]
+    static func pod(_ ns: String, _ name: String, _ labels: [String: String], _ ip: String, node: String = "n1", ports: [String: UInt16] = [:]) -> PolicyPod {
+        PolicyPod(namespace: ns, name: name, labels: labels, addresses: [IPAddress(ip)!], node: node, namedPorts: ports)
+    }
+
+    @Test func onlyIsolatedLocalPodsAreDispatchedAndPeersAreSetElements() throws {
+        let p = try Self.policy(#"{"podSelector":{"matchLabels":{"app":"db"}},"ingress":[{"from":[{"podSelector":{"matchLabels":{"app":"web"}}}],"ports":[{"port":"pg"}]}]}"#, namespace: "a")
+        let pods = [Self.pod("a", "db", ["app": "db"], "10.0.1.2", ports: ["pg/TCP": 5432]),
+                    Self.pod("a", "db-remote", ["app": "db"], "10.0.2.2", node: "n2", ports: ["pg/TCP": 5433]),
+                    Self.pod("a", "web", ["app": "web"], "10.0.2.3", node: "n2"),
+                    Self.pod("b", "web", ["app": "web"], "10.0.1.4")]
+        let m = PolicyRules.model(.init(policies: [p], pods: pods, namespaces: Self.ns), node: "n1")
+        #expect(m.sets["ingress-pods4"]?.elements == ["10.0.1.2": "jump ns/a/ingress"], "the local db pod only")
+        #expect(m.sets["egress-pods4"]?.elements.isEmpty == true)
+        let chain = m.chains["np/a/p/ingress"]!.rules
+        #expect(chain.count == 2, "\(chain)")
+        let peerSet = try #require(m.sets.first { $0.key.hasPrefix("peer-") && $0.key.hasSuffix("-4") })
+        #expect(peerSet.value.elements.keys.sorted() == ["10.0.2.3"], "same-namespace web pods, any node; not b's web")
+        #expect(m.sets["np/a/p/ingress/0/port/0/4"]?.elements.keys.sorted() == ["10.0.1.2 . tcp . 5432"], "the named port of the local selected pod")
+        #expect(chain[0] == "ip saddr @\(peerSet.key) ip daddr . meta l4proto . th dport @np/a/p/ingress/0/port/0/4 accept")
+        #expect(m.chains["ns/a/ingress"]!.rules == ["ip daddr @np/a/p/pods4 jump np/a/p/ingress", "ip6 daddr @np/a/p/pods6 jump np/a/p/ingress", "goto ingress-denied"])
+    }
+
+    @Test func aPodChangingLabelsChangesElementsOnly() throws {
+        let p = try Self.policy(#"{"podSelector":{"matchLabels":{"app":"db"}},"ingress":[{"from":[{"namespaceSelector":{"matchLabels":{"team":"b"}},"podSelector":{"matchLabels":{"app":"web"}}}]}]}"#, namespace: "a")
+        var pods = [Self.pod("a", "db", ["app": "db"], "10.0.1.2"), Self.pod("b", "web", ["app": "web"], "10.0.1.4")]
+        let before = PolicyRules.model(.init(policies: [p], pods: pods, namespaces: Self.ns), node: "n1")
+        pods[1].labels = ["app": "other"]
+        let after = PolicyRules.model(.init(policies: [p], pods: pods, namespaces: Self.ns), node: "n1")
+        #expect(before.chains == after.chains)
+        guard case .incremental(let update, let cleanup) = TableModel.update(from: before, to: after) else { Issue.record("expected an incremental update"); return }
+        #expect(update.hasPrefix("delete element inet weft-policy peer-") && update.hasSuffix("{ 10.0.1.4 }\n") && update.split(separator: "\n").count == 1, "\(update)")
+        #expect(cleanup.isEmpty)
+    }
+
+    @Test func ipBlocksFollowTheirFamilyAndPortRangesAreRanges() throws {
+        let p = try Self.policy(#"{"podSelector":{},"policyTypes":["Egress"],"egress":[{"to":[{"ipBlock":{"cidr":"192.168.0.0/16","except":["192.168.1.0/24"]}}],"ports":[{"port":8000,"endPort":8080},{"protocol":"UDP"}]}]}"#, namespace: "a")
+        let m = PolicyRules.model(.init(policies: [p], pods: [Self.pod("a", "x", [:], "10.0.1.2")], namespaces: Self.ns), node: "n1")
+        #expect(m.chains["np/a/p/egress"]!.rules == [
+            "ip daddr 192.168.0.0/16 ip daddr != { 192.168.1.0/24 } meta l4proto tcp th dport 8000-8080 accept",
+            "ip daddr 192.168.0.0/16 ip daddr != { 192.168.1.0/24 } meta l4proto udp accept",
+        ])
+        #expect(m.chains["np/a/p/ingress"] == nil && m.sets["egress-pods4"]?.elements == ["10.0.1.2": "jump ns/a/egress"])
+    }
+
+    @Test func emptyRulesAllowEverythingAndNoRulesAllowNothing() throws {
+        let allowAll = try Self.policy(#"{"podSelector":{},"ingress":[{}]}"#, namespace: "a")
+        let denyAll = try Self.policy(#"{"podSelector":{}}"#, name: "deny", namespace: "a")
+        let m = PolicyRules.model(.init(policies: [allowAll, denyAll], pods: [Self.pod("a", "x", [:], "10.0.1.2")], namespaces: Self.ns), node: "n1")
+        #expect(m.chains["np/a/p/ingress"]!.rules == ["accept"])
+        #expect(m.chains["np/a/deny/ingress"]!.rules.isEmpty)
+    }
+}
