@@ -187,6 +187,16 @@ struct NFLogKernelTests {
         #expect(log!.overruns == 0)
         #expect(try log!.receive(timeoutMilliseconds: 100).isEmpty)
 
+        // A flood nobody reads overruns the socket: counted, not fatal, and logging goes on.
+        let flooder = try ns.run { () throws(SystemError) -> UDPSocket in try UDPSocket(bind: IPAddress("127.0.0.1")!, port: 40997, name: "flood") }
+        for _ in 0..<5000 { try flooder.send([0], to: UDPSocket.address(IPAddress("127.0.0.1")!, 9999)) }
+        var drained = 0
+        while case let batch = try log!.receive(timeoutMilliseconds: 200), !batch.isEmpty { drained += batch.count }
+        #expect(log!.overruns >= 1)
+        #expect(drained > 0 && drained < 5000, "drained \(drained)")
+        try flooder.send([0], to: UDPSocket.address(IPAddress("127.0.0.1")!, 9999))
+        #expect(try receive(log!, atLeast: 1).map(\.sourcePort) == [40997])
+
         // Closing releases the group: another subscriber may bind it.
         log!.close()
         #expect(throws: NetlinkError.self) { _ = try log!.receive(timeoutMilliseconds: 0) }

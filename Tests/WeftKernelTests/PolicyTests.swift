@@ -15,20 +15,20 @@ struct PolicyTests {
     static func manifest(nodes: Int) -> String {
         var docs: [String] = []
         for ns in namespaces { docs.append("apiVersion: v1\nkind: Namespace\nmetadata: {name: \(ns), labels: {ns: \(ns)}}") }
-        var i = 0
-        for ns in namespaces {
-            for p in podNames {
-                let (web, alt) = p == "b" ? (81, 80) : (80, 81)
-                docs.append("""
-                apiVersion: v1
-                kind: Pod
-                metadata: {name: \(p), namespace: \(ns), labels: {pod: \(p)}}
-                spec: {nodeName: node\(i % nodes), containers: [{name: c, image: agnhost, ports: [{containerPort: \(web), name: web}, {containerPort: \(alt), name: alt}, {containerPort: \(web), name: web-udp, protocol: UDP}]}]}
-                """)
-                i += 1
-            }
-        }
+        for ns in namespaces { for p in podNames { docs.append(podDoc(ns, p, nodes: nodes)) } }
         return docs.joined(separator: "\n---\n")
+    }
+
+    /// One pod of the grid: x/a on node0, x/b on node1, … round robin over the nodes.
+    static func podDoc(_ ns: String, _ p: String, nodes: Int, labels extra: String = "") -> String {
+        let i = namespaces.firstIndex(of: ns)! * podNames.count + podNames.firstIndex(of: p)!
+        let (web, alt) = p == "b" ? (81, 80) : (80, 81)
+        return """
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: \(p), namespace: \(ns), labels: {pod: \(p)\(extra)}}
+        spec: {nodeName: node\(i % nodes), containers: [{name: c, image: agnhost, ports: [{containerPort: \(web), name: web}, {containerPort: \(alt), name: alt}, {containerPort: \(web), name: web-udp, protocol: UDP}]}]}
+        """
     }
 
     /// The pods of the lab with their addresses, and probes between them.
@@ -319,6 +319,23 @@ struct PolicyTests {
         try delete(lab, Self.policy("team", "x", "podSelector: {}"))
         try check(w, Expect(w.pods), "team policy deleted")
 
+        // Pod labels: a policy allowing role=friend from any namespace follows z/c's labels.
+        try apply(lab, Self.policy("friends", "x", """
+        podSelector: {matchLabels: {pod: a}}
+        ingress: [{from: [{namespaceSelector: {}, podSelector: {matchLabels: {role: friend}}}]}]
+        """))
+        want = Expect(w.pods)
+        want.set(to: named("x/a"), false)
+        try check(w, want, "nobody is a friend")
+        try apply(lab, Self.podDoc("z", "c", nodes: 2, labels: ", role: friend"))
+        want.set(from: named("z/c"), to: named("x/a"), true)
+        try check(w, want, "z/c labelled a friend")
+        try apply(lab, Self.podDoc("z", "c", nodes: 2))
+        want.set(from: named("z/c"), to: named("x/a"), false)
+        try check(w, want, "z/c no longer a friend")
+        try delete(lab, Self.policy("friends", "x", "podSelector: {}"))
+        try check(w, Expect(w.pods), "friends policy deleted")
+
         // Under traffic: a connection from z/b held open while a deny-all lands stays up (its
         // replies are tracked); new connections are refused; removing it lets them in again.
         let (flow, out) = try lab.heldFlow(from: w.ns("z/b"), to: w.target("x/a", 80, .v4), seconds: 25)
@@ -328,6 +345,12 @@ struct PolicyTests {
         want.set(to: { inNS($0, "x") }, false)
         try check(w, want, "deny all in x, while a connection is held")
         #expect(flow.isRunning, "the held connection outlived the check (raise --hold if this machine is slow)")
+        // The node itself (kubelet's probes) still reaches its pods; another node does not.
+        let home = w.pods.firstIndex(of: "x/a")! % 2
+        #expect(try sh(["ip", "netns", "exec", lab.nodeNS(home), product("weft"), "probe", w.target("x/a", 80, .v4), "--timeout", "2000"]).status == 0,
+                "x/a's own node reaches it under deny-all")
+        #expect(try sh(["ip", "netns", "exec", lab.nodeNS(1 - home), product("weft"), "probe", w.target("x/a", 80, .v4), "--timeout", "1000"]).status != 0,
+                "another node is a peer like any other")
         flow.waitUntilExit()
         let held = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         #expect(flow.terminationStatus == 0, "the held connection broke: \(held.suffix(400))")
