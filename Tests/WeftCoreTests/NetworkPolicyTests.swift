@@ -110,3 +110,23 @@ struct NetworkPolicyTests {
         #expect(m.chains["np/a/deny/ingress"]!.rules.isEmpty)
     }
 }
+
+struct PolicyVerdictTests {
+    @Test func aDenialNamesThePodThePeerThePortAndTheIsolatingPolicies() throws {
+        let deny = try NetworkPolicyTests.policy(#"{"podSelector":{}}"#, name: "deny", namespace: "a")
+        let web = try NetworkPolicyTests.policy(#"{"podSelector":{"matchLabels":{"app":"db"}},"ingress":[{"ports":[{"port":5432}]}]}"#, name: "db", namespace: "a")
+        let other = try NetworkPolicyTests.policy(#"{"podSelector":{}}"#, name: "elsewhere", namespace: "b")
+        let input = PolicyRules.Input(policies: [deny, web, other],
+                                      pods: [NetworkPolicyTests.pod("a", "db", ["app": "db"], "10.0.1.2"), NetworkPolicyTests.pod("b", "c", [:], "10.0.2.3")],
+                                      namespaces: NetworkPolicyTests.ns)
+        let v = PolicyVerdict.explain("weft-policy ingress", source: ip("10.0.2.3"), destination: ip("10.0.1.2"), proto: 6, sourcePort: 40000,
+                                      destinationPort: 80, input: input, nodes: [:])
+        #expect(v.summary == "policy denied ingress to a/db from b/c, TCP port 80: no policy allows it; isolated by a/db, a/deny")
+        let fromNode = PolicyVerdict.explain("weft-policy egress", source: ip("10.0.1.2"), destination: ip("192.168.100.12"), proto: 17, sourcePort: 1,
+                                             destinationPort: 53, input: input, nodes: [ip("192.168.100.12"): "node1"])
+        #expect(fromNode.peer == "node/node1" && fromNode.policies.isEmpty, "no egress policy isolates a/db now (the log came from an older table)")
+        let spoof = PolicyVerdict.explain("weft-policy spoofed", source: ip("10.0.2.3"), destination: ip("10.0.1.2"), proto: 1, sourcePort: nil,
+                                          destinationPort: nil, interface: "weft0123456789a", input: input, nodes: [:])
+        #expect(spoof.pod == nil && spoof.summary.contains("the pod behind weft0123456789a sent from 10.0.2.3"), "a spoofed source blames nobody by address")
+    }
+}

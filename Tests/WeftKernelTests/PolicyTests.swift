@@ -268,6 +268,7 @@ struct PolicyTests {
         want.set(from: named("x/a"), false)
         want.set(from: named("x/a"), to: named("y/b"), true)
         try check(w, want, "egress from x/a: y/b only")
+        try check(w, want, family: .v6, "egress from x/a: y/b only (neighbour discovery with its node still works)")
         #expect(try dig("x/a") == yaVIP, "egress to DNS allowed by selecting kube-dns")
         // Through a Service: judged against the backend the VIP translated to.
         #expect(try sh(["ip", "netns", "exec", w.ns("x/a"), product("weft"), "probe", "\(ybVIP):80", "--timeout", "2000"]).stdout.hasPrefix("b "))

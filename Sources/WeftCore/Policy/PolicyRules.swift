@@ -123,8 +123,11 @@ public enum PolicyRules {
         let tracked = "ct state established,related accept"
         m.chains["forward-egress"] = .init(hook: "type filter hook forward priority -5 ; policy accept ;",
                                            rules: [tracked, "ip saddr vmap @egress-pods4", "ip6 saddr vmap @egress-pods6"])
+        // Neighbour discovery with the node is not traffic policy speaks of, and a pod sends
+        // some of it from its global address: judged, it would cut an isolated pod off.
         m.chains["input-egress"] = .init(hook: "type filter hook input priority -5 ; policy accept ;",
-                                         rules: [tracked, "ip saddr vmap @egress-pods4", "ip6 saddr vmap @egress-pods6"])
+                                         rules: [tracked, "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept",
+                                                 "ip saddr vmap @egress-pods4", "ip6 saddr vmap @egress-pods6"])
         m.chains["forward-ingress"] = .init(hook: "type filter hook forward priority 0 ; policy accept ;",
                                             rules: [tracked, "ip daddr vmap @ingress-pods4", "ip6 daddr vmap @ingress-pods6"])
         // Pods' host-side interfaces are weft<hash>; the overlay device is not a pod's. `::`

@@ -64,7 +64,7 @@ public struct PolicyVerdict: Sendable, Equatable {
         let judgedPod = direction == "spoofed" ? nil : pod(at: judged)
         var policies: [String] = []
         if let judgedPod, let d = NetworkPolicy.Direction(rawValue: direction.capitalized) {
-            policies = input.isolating(judgedPod, d).map(\.id)
+            policies = input.isolating(judgedPod, d).map(\.id).sorted()
         }
         return PolicyVerdict(direction: direction, pod: judgedPod.map { "\($0.namespace)/\($0.name)" }, peer: name(peer), proto: protocolName(proto),
                              port: destinationPort, source: source, destination: destination, policies: policies, interface: interface)
