@@ -73,39 +73,21 @@ final class PolicyEnforcer: Sendable {
     }
 
     private func apply(_ changes: AsyncStream<Void>) async throws {
-        let nft = LibNFTables()
-        var applied: TableModel?
-        var lastFull = ContinuousClock.now
+        var table = TableWriter<TableModel>(resyncSeconds: resyncSeconds, full: \.fullScript, diff: TableModel.update)
         for await _ in changes {
             do {
                 let input = try await readInput()
                 state.withLock { $0 = input }
-                let want = PolicyRules.model(input, node: node)
-                let due = ContinuousClock.now - lastFull >= .milliseconds(Int(resyncSeconds * 1000))
                 let meta: Logger.Metadata = ["policies": "\(input.policies.count)", "pods": "\(input.pods.count)"]
-                if let have = applied, !due {
-                    switch TableModel.update(from: have, to: want) {
-                    case .none: continue
-                    case .incremental(let update, let cleanup):
-                        do {
-                            applied = nil
-                            if !update.isEmpty { try nft.run(update) }
-                            if !cleanup.isEmpty { try nft.run(cleanup) }
-                            applied = want
-                            logger.info("network policies updated", metadata: meta)
-                            continue
-                        } catch {
-                            logger.warning("incremental policy update failed; replacing the table", metadata: ["error": "\(error)"])
-                        }
-                    case .full: break
-                    }
+                switch try table.write(PolicyRules.model(input, node: node), onIncrementalFailure: { error in
+                    logger.warning("incremental policy update failed; replacing the table", metadata: ["error": "\(error)"])
+                }) {
+                case .unchanged: break
+                case .updated: logger.info("network policies updated", metadata: meta)
+                case .replaced: logger.info("network policies programmed (full sync)", metadata: meta)
                 }
-                try nft.run(want.fullScript)
-                applied = want
-                lastFull = ContinuousClock.now
-                logger.info("network policies programmed (full sync)", metadata: meta)
             } catch {
-                applied = nil
+                table.forget()
                 logger.error("programming network policies failed; retrying at the next change or resync", metadata: ["error": "\(error)"])
             }
         }

@@ -45,10 +45,10 @@ struct ServiceProxy: Sendable {
     }
 
     private func apply(_ changes: AsyncStream<Void>) async throws {
-        let nft = LibNFTables()
-        var applied: ServiceRules.Model?
+        var table = TableWriter<ServiceRules.Model>(resyncSeconds: resyncSeconds, full: ServiceRules.fullScript) { have, want in
+            ServiceRules.updateScripts(from: have, to: want).map { .incremental(update: $0.update, cleanup: $0.cleanup) } ?? .none
+        }
         var lastEntries: [ServiceRules.Entry]?
-        var lastFull = ContinuousClock.now
         for await _ in changes {
             do {
                 let services = try await store.list(prefix: Keys.services).items.compactMap { try? KubeObject(bytes: $0.value) }
@@ -68,28 +68,16 @@ struct ServiceProxy: Sendable {
                     lastEntries = entries
                 }
                 await announce(entries)
-                let want = ServiceRules.model(entries, node: node)
-                let due = ContinuousClock.now - lastFull >= .milliseconds(Int(resyncSeconds * 1000))
                 let meta: Logger.Metadata = ["services": "\(entries.count)", "endpoints": "\(entries.reduce(0) { $0 + $1.endpoints.filter(\.ready).count })"]
-                if let have = applied, !due {
-                    guard let (update, cleanup) = ServiceRules.updateScripts(from: have, to: want) else { continue }
-                    do {
-                        applied = nil // unknown until both transactions went through
-                        if !update.isEmpty { try nft.run(update) }
-                        if !cleanup.isEmpty { try nft.run(cleanup) }
-                        applied = want
-                        logger.info("services updated", metadata: meta)
-                        continue
-                    } catch {
-                        logger.warning("incremental services update failed; replacing the table", metadata: ["error": "\(error)"])
-                    }
+                switch try table.write(ServiceRules.model(entries, node: node), onIncrementalFailure: { error in
+                    logger.warning("incremental services update failed; replacing the table", metadata: ["error": "\(error)"])
+                }) {
+                case .unchanged: break
+                case .updated: logger.info("services updated", metadata: meta)
+                case .replaced: logger.info("services programmed (full sync)", metadata: meta)
                 }
-                try nft.run(ServiceRules.fullScript(want))
-                applied = want
-                lastFull = ContinuousClock.now
-                logger.info("services programmed (full sync)", metadata: meta)
             } catch {
-                applied = nil
+                table.forget()
                 logger.error("programming services failed; retrying at the next change or resync", metadata: ["error": "\(error)"])
             }
         }
