@@ -29,6 +29,8 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.0"),
         // The node's DNS server (UDP and TCP); already in the graph through async-http-client.
         .package(url: "https://github.com/apple/swift-nio", from: "2.65.0"),
+        // The agent's /metrics in Prometheus' text format.
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
     ],
     targets: [
         .target(name: "WeftCore"),
@@ -48,6 +50,7 @@ let package = Package(
             .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
         ]),
         .target(name: "WeftLab", dependencies: [
             "WeftCore", "WeftOS", "WeftAgent", "WeftDatastore",

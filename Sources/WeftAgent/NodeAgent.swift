@@ -22,6 +22,10 @@ public struct AgentConfig: Sendable {
     public var clusterDomain = "cluster.local"
     /// Where names outside the cluster domain are forwarded; none: refused.
     public var dnsUpstreams: [DNSUpstream] = []
+    /// The agent's HTTP endpoint (/metrics, /flows) on every address of the node; nil: none.
+    public var metricsPort: Int? = 9464
+    /// Where the CNI plugin records each invocation for the metrics (it is named in the CNI config).
+    public var cniEventLog: String { ipamDataDir + "/weft-cni-events.log" }
 
     public init(nodeName: String, hostIP: IPAddress?, uplink: String, cluster: ClusterConfig, cniConfDir: String,
                 ipamDataDir: String = NetworkConfig.defaultDataDir, leaseTTL: Int64 = 10, resyncSeconds: Double = 5) {
@@ -47,6 +51,7 @@ public final class NodeAgent: Service, @unchecked Sendable {
     let servicesNet: NetworkControl
     let logger: Logger
     private let state = PeerState()
+    let metrics = AgentMetrics()
 
     public init(config: AgentConfig, store: any Datastore, net: NetworkControl, servicesNet: NetworkControl, logger: Logger) {
         self.config = config; self.store = store; self.net = net; self.servicesNet = servicesNet; self.logger = logger
@@ -86,6 +91,9 @@ public final class NodeAgent: Service, @unchecked Sendable {
         let domain = try DNSName(config.clusterDomain)
         let dns = try await bindDNS(hostIP: hostIP, domain: domain)
         logger.info("node registered", metadata: ["node": "\(config.nodeName)", "hostIP": "\(hostIP)", "podCIDRs": "\(ranges.map(\.description))", "mode": "\(cluster.mode.rawValue)"])
+        // Awaited here, not inside the task group's body (Swift 6.3 miscompiles such awaits).
+        let podRanges = try ipRanges(cluster: cluster, ranges: ranges)
+        let metricsServer = await serveMetrics()
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await self.keepAlive(lease: heldLease, hostIP: hostIP) }
             group.addTask { try await self.watch(prefix: Keys.nodes) }
@@ -97,7 +105,7 @@ public final class NodeAgent: Service, @unchecked Sendable {
             let healthChecks = HealthCheckServer(logger: self.logger)
             group.addTask {
                 try await ServiceProxy(store: self.store, logger: self.logger, node: self.config.nodeName,
-                                       addresses: addresses, healthChecks: healthChecks, dns: dns, clusterDomain: domain).run()
+                                       addresses: addresses, healthChecks: healthChecks, dns: dns, clusterDomain: domain, metrics: self.metrics).run()
             }
             if let dns {
                 group.addTask {
@@ -105,12 +113,34 @@ public final class NodeAgent: Service, @unchecked Sendable {
                                       leaseTTL: self.config.leaseTTL).run()
                 }
             }
-            group.addTask { try await PolicyEnforcer(store: self.store, logger: self.logger, node: self.config.nodeName).run() }
+            group.addTask { try await PolicyEnforcer(store: self.store, logger: self.logger, node: self.config.nodeName, metrics: self.metrics).run() }
+            group.addTask { await self.collectMetrics(ranges: podRanges) }
+            group.addTask { try await self.heartbeat(lease: heldLease) }
+            if let server = metricsServer {
+                group.addTask { try await withTaskCancellationHandler { try await server.channel.closeFuture.get() } onCancel: { Task { await server.close() } } }
+            }
             group.addTask {
                 try await EndpointSliceController(store: self.store, logger: self.logger, node: self.config.nodeName, leaseTTL: self.config.leaseTTL).run()
             }
             try await group.next()
             group.cancelAll()
+        }
+    }
+
+    /// The agent's HTTP endpoint; a port that cannot be bound is logged, not a stop.
+    func serveMetrics() async -> AgentHTTPServer? {
+        guard let port = config.metricsPort else { return nil }
+        do {
+            return try await AgentHTTPServer.bind(host: "0.0.0.0", port: port) { [metrics] req in
+                switch req.path {
+                case "/metrics": return .init(contentType: "text/plain; version=0.0.4; charset=utf-8", body: metrics.text())
+                case "/healthz": return .init(body: Array("ok\n".utf8))
+                default: return .init(status: .notFound, body: Array("not found; try /metrics or /healthz\n".utf8))
+                }
+            }
+        } catch {
+            logger.error("cannot serve metrics; everything else goes on", metadata: ["port": "\(port)", "error": "\(error)"])
+            return nil
         }
     }
 
@@ -293,13 +323,20 @@ public final class NodeAgent: Service, @unchecked Sendable {
     }
 
     /// The conflist the container runtime reads. Written atomically; rewritten only if changed.
+    /// The IPAM ranges of the node's pod ranges, as the CNI config gives them to the plugin.
+    func ipRanges(cluster: ClusterConfig, ranges: [IPNetwork]) throws -> [IPRange] {
+        try ranges.map { r in
+            // In vxlan mode the block's first address is the node's tunnel address.
+            try IPRange(subnet: r, rangeStart: cluster.mode == .vxlan ? r.first.advanced(by: 2) : nil)
+        }
+    }
+
     func writeCNIConfig(cluster: ClusterConfig, ranges: [IPNetwork]) throws {
         let uplinkMTU = try net.link(named: config.uplink)?.mtu ?? 1500
         let mtu = cluster.mode == .vxlan ? uplinkMTU - VXLAN.overheadV4 : uplinkMTU
-        let sets: [JSONValue] = ranges.map { r in
-            var range: [(String, JSONValue)] = [("subnet", .string(r.description))]
-            // In vxlan mode the block's first address is the node's tunnel address.
-            if cluster.mode == .vxlan, let start = r.first.advanced(by: 2) { range.append(("rangeStart", .string(start.description))) }
+        let sets: [JSONValue] = try ipRanges(cluster: cluster, ranges: ranges).map { r in
+            var range: [(String, JSONValue)] = [("subnet", .string(r.subnet.description))]
+            if r.rangeStart != r.subnet.first.advanced(by: 1) { range.append(("rangeStart", .string(r.rangeStart.description))) }
             return .array([.object(range)])
         }
         let weft: JSONValue = .object([
@@ -310,6 +347,7 @@ public final class NodeAgent: Service, @unchecked Sendable {
             ("ipMasq", .bool(true)),
             ("clusterCIDR", .array(cluster.clusterCIDRs.map { .string($0.description) })),
             ("ipam", .object([("ranges", .array(sets)), ("dataDir", .string(config.ipamDataDir))])),
+            ("eventLog", .string(config.cniEventLog)),
         ])
         let conflist: JSONValue = .object([
             // 1.0.0: what Debian's chained plugins (portmap) accept; weft speaks 1.1.0 too.
@@ -354,6 +392,7 @@ public final class NodeAgent: Service, @unchecked Sendable {
                     await state.apply(prefix: prefix, e)
                 }
             } catch is CancellationError { return } catch {
+                metrics.watchRestarted(prefix)
                 logger.warning("watch interrupted; relisting", metadata: ["prefix": "\(prefix)", "error": "\(error)"])
                 try await Task.sleep(for: .milliseconds(200))
             }
@@ -376,10 +415,14 @@ public final class NodeAgent: Service, @unchecked Sendable {
         for await _ in state.changes {
             let nodes = await state.liveNodes()
             let want = desiredRouting(me: config.nodeName, nodes: nodes, mode: mode, uplink: config.uplink)
+            let started = ContinuousClock.now
             do {
                 let report = try reconciler.reconcile(want)
+                metrics.reconciled("routes", took: ContinuousClock.now - started, failed: false)
+                metrics.routesProgrammed(want.routes.count)
                 if !report.isEmpty { logger.info("routes reconciled", metadata: ["added": "\(report.added)", "removed": "\(report.removed)", "peers": "\(nodes.count - 1)"]) }
             } catch {
+                metrics.reconciled("routes", took: ContinuousClock.now - started, failed: true)
                 logger.error("reconcile failed; retrying at the next change or resync", metadata: ["error": "\(error)"])
             }
         }

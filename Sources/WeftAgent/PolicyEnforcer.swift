@@ -17,10 +17,11 @@ final class PolicyEnforcer: Sendable {
     let resyncSeconds: Double
     /// Opens the node's nflog group (nil in tests without a kernel).
     let openLog: @Sendable () throws -> NFLog?
+    let metrics: AgentMetrics
 
-    init(store: any Datastore, logger: Logger, node: String, resyncSeconds: Double = 300,
+    init(store: any Datastore, logger: Logger, node: String, resyncSeconds: Double = 300, metrics: AgentMetrics = AgentMetrics(),
          openLog: @escaping @Sendable () throws -> NFLog? = { try NFLog(group: PolicyRules.logGroup) }) {
-        self.store = store; self.logger = logger; self.node = node; self.resyncSeconds = resyncSeconds; self.openLog = openLog
+        self.store = store; self.logger = logger; self.node = node; self.resyncSeconds = resyncSeconds; self.metrics = metrics; self.openLog = openLog
     }
 
     /// What the last pass read, for explaining logged packets.
@@ -31,7 +32,7 @@ final class PolicyEnforcer: Sendable {
         let (changes, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         try await withThrowingTaskGroup(of: Void.self) { group in
             for prefix in [Keys.networkPolicies, Keys.pods, Keys.namespaces, Keys.endpointSlices + NodeDNS.serviceNamespace + "/", Keys.nodes] {
-                group.addTask { try await wakeOnChanges(self.store, prefix: prefix, logger: self.logger, wake: wake) }
+                group.addTask { try await wakeOnChanges(self.store, prefix: prefix, logger: self.logger, metrics: self.metrics, wake: wake) }
             }
             group.addTask {
                 while !Task.isCancelled {
@@ -75,19 +76,26 @@ final class PolicyEnforcer: Sendable {
     private func apply(_ changes: AsyncStream<Void>) async throws {
         var table = TableWriter<TableModel>(resyncSeconds: resyncSeconds, full: \.fullScript, diff: TableModel.update)
         for await _ in changes {
+            let started = ContinuousClock.now
             do {
                 let input = try await readInput()
                 state.withLock { $0 = input }
                 let meta: Logger.Metadata = ["policies": "\(input.policies.count)", "pods": "\(input.pods.count)"]
-                switch try table.write(PolicyRules.model(input, node: node), onIncrementalFailure: { error in
+                let want = PolicyRules.model(input, node: node)
+                let outcome = try table.write(want, onIncrementalFailure: { error in
                     logger.warning("incremental policy update failed; replacing the table", metadata: ["error": "\(error)"])
-                }) {
+                })
+                metrics.reconciled("policy", took: ContinuousClock.now - started, failed: false)
+                metrics.nftables(table: PolicyRules.table, rules: want.chains.values.reduce(0) { $0 + $1.rules.count },
+                                 elements: want.sets.values.reduce(0) { $0 + $1.elements.count })
+                switch outcome {
                 case .unchanged: break
                 case .updated: logger.info("network policies updated", metadata: meta)
                 case .replaced: logger.info("network policies programmed (full sync)", metadata: meta)
                 }
             } catch {
                 table.forget()
+                metrics.reconciled("policy", took: ContinuousClock.now - started, failed: true)
                 logger.error("programming network policies failed; retrying at the next change or resync", metadata: ["error": "\(error)"])
             }
         }
@@ -130,6 +138,7 @@ final class PolicyEnforcer: Sendable {
                 let d = PolicyVerdict.explain(p.prefix, source: p.source, destination: p.destination, proto: p.proto,
                                               sourcePort: p.sourcePort, destinationPort: p.destinationPort,
                                               interface: p.inInterface.flatMap(Self.interfaceName), input: input, nodes: hosts)
+                self.metrics.denialLogged(d)
                 self.logger.notice("\(d.summary)", metadata: d.metadata.mapValues { .string($0) })
             }
         } onCancel: {

@@ -24,14 +24,15 @@ struct ServiceProxy: Sendable {
     /// Opens the node's conntrack table (a fake in tests).
     var conntrack: @Sendable () throws -> ConntrackControl = { try Conntrack() }
     var resyncSeconds: Double = 300
+    var metrics = AgentMetrics()
 
     func run() async throws {
         let (changes, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await wakeOnChanges(store, prefix: Keys.services, logger: logger, wake: wake) }
-            group.addTask { try await wakeOnChanges(store, prefix: Keys.endpointSlices, logger: logger, wake: wake) }
+            group.addTask { try await wakeOnChanges(store, prefix: Keys.services, logger: logger, metrics: metrics, wake: wake) }
+            group.addTask { try await wakeOnChanges(store, prefix: Keys.endpointSlices, logger: logger, metrics: metrics, wake: wake) }
             // Which nodes are live decides who announces each load balancer address.
-            group.addTask { try await wakeOnChanges(store, prefix: Keys.nodeLeases, logger: logger, wake: wake) }
+            group.addTask { try await wakeOnChanges(store, prefix: Keys.nodeLeases, logger: logger, metrics: metrics, wake: wake) }
             group.addTask {
                 while !Task.isCancelled {
                     try await Task.sleep(for: .milliseconds(Int(resyncSeconds * 1000)))
@@ -50,6 +51,7 @@ struct ServiceProxy: Sendable {
         }
         var lastEntries: [ServiceRules.Entry]?
         for await _ in changes {
+            let started = ContinuousClock.now
             do {
                 let services = try await store.list(prefix: Keys.services).items.compactMap { try? KubeObject(bytes: $0.value) }
                 let slices = try await store.list(prefix: Keys.endpointSlices).items.compactMap { try? KubeObject(bytes: $0.value) }
@@ -69,15 +71,21 @@ struct ServiceProxy: Sendable {
                 }
                 await announce(entries)
                 let meta: Logger.Metadata = ["services": "\(entries.count)", "endpoints": "\(entries.reduce(0) { $0 + $1.endpoints.filter(\.ready).count })"]
-                switch try table.write(ServiceRules.model(entries, node: node), onIncrementalFailure: { error in
+                let want = ServiceRules.model(entries, node: node)
+                let outcome = try table.write(want, onIncrementalFailure: { error in
                     logger.warning("incremental services update failed; replacing the table", metadata: ["error": "\(error)"])
-                }) {
+                })
+                metrics.reconciled("services", took: ContinuousClock.now - started, failed: false)
+                metrics.nftables(table: ServiceRules.table, rules: want.chains.values.reduce(0) { $0 + $1.count },
+                                 elements: want.elements.values.reduce(0) { $0 + $1.count })
+                switch outcome {
                 case .unchanged: break
                 case .updated: logger.info("services updated", metadata: meta)
                 case .replaced: logger.info("services programmed (full sync)", metadata: meta)
                 }
             } catch {
                 table.forget()
+                metrics.reconciled("services", took: ContinuousClock.now - started, failed: true)
                 logger.error("programming services failed; retrying at the next change or resync", metadata: ["error": "\(error)"])
             }
         }

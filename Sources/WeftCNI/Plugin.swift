@@ -11,6 +11,12 @@ public struct Plugin {
     public struct Outcome: Equatable {
         public var stdout: String
         public var exitCode: Int32
+        /// The CNI error code; 0 on success.
+        public var errorCode: Int = 0
+        /// The command (ADD, DEL, …), when the environment named a valid one.
+        public var command: String?
+        /// Where the config asks each invocation to be recorded (`eventLog`), for the agent's metrics.
+        public var eventLog: String?
     }
 
     public func run(environment: [String: String], stdin: [UInt8]) -> Outcome {
@@ -19,14 +25,18 @@ public struct Plugin {
         if let j = try? JSONValue.parse(stdin), let v = j["cniVersion"]?.stringValue, let cv = CNIVersion(v), cv.isSupported {
             replyVersion = v
         }
+        // Read apart from the full parse, so invocations with a bad config are recorded too.
+        let eventLog = (try? JSONValue.parse(stdin))?["eventLog"]?.stringValue
+        let command = environment["CNI_COMMAND"]
         do throws(CNIError) {
             let env = try CNIEnvironment.parse(environment)
             if env.command == .version { return Outcome(stdout: versionReply(stdin), exitCode: 0) }
             let config = try NetworkConfig.parse(stdin, env: env)
             let out = try dispatch(env, config)
-            return Outcome(stdout: out, exitCode: 0)
+            return Outcome(stdout: out, exitCode: 0, command: command, eventLog: eventLog)
         } catch {
-            return Outcome(stdout: error.json(cniVersion: replyVersion).serialized(pretty: true) + "\n", exitCode: 1)
+            return Outcome(stdout: error.json(cniVersion: replyVersion).serialized(pretty: true) + "\n", exitCode: 1,
+                           errorCode: error.code, command: command, eventLog: eventLog)
         }
     }
 

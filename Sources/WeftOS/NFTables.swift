@@ -84,6 +84,36 @@ public final class LibNFTables: NFTablesRunner {
         }
     }
 
+    /// The named counters of an `inet` table: name → (packets, bytes); empty when the table does
+    /// not exist. A raw NETLINK_NETFILTER dump (no libnftables cache), cheap enough to poll.
+    public func counters(table: String) throws(NFTablesError) -> [String: (packets: UInt64, bytes: UInt64)] {
+        do {
+            if socket == nil { socket = try NetlinkSocket(protocol: NETLINK_NETFILTER) }
+            var req = NetlinkRequest(type: (k(NFNL_SUBSYS_NFTABLES) << 8) | k(NFT_MSG_GETOBJ), flags: NLM_F_DUMP)
+            req.append(UInt8(NFPROTO_INET))
+            req.append(UInt8(NFNETLINK_V0))
+            req.append(UInt16(0))
+            req.attr(k(NFTA_OBJ_TABLE), string: table)
+            req.attr(k(NFTA_OBJ_TYPE), u32: UInt32(NFT_OBJECT_COUNTER).bigEndian)
+            var out: [String: (packets: UInt64, bytes: UInt64)] = [:]
+            for msg in try socket!.exchange(req, { "list the counters of table inet \(table)" }) {
+                let attrs = NetlinkAttributes(bytes: msg.payload.dropFirst(4))
+                guard attrs.string(k(NFTA_OBJ_TABLE)) == table, let name = attrs.string(k(NFTA_OBJ_NAME)),
+                      attrs.u32(k(NFTA_OBJ_TYPE)).map(UInt32.init(bigEndian:)) == UInt32(NFT_OBJECT_COUNTER),
+                      let data = attrs.nested(k(NFTA_OBJ_DATA)) else { continue }
+                func be64(_ t: Int32) -> UInt64 {
+                    guard let d = data[t], d.count == 8 else { return 0 }
+                    return d.reduce(0) { $0 << 8 | UInt64($1) }
+                }
+                out[name] = (be64(k(NFTA_COUNTER_PACKETS)), be64(k(NFTA_COUNTER_BYTES)))
+            }
+            return out
+        } catch {
+            if error.isNotFound { return [:] }
+            throw NFTablesError(message: "\(error)")
+        }
+    }
+
     /// libnftnl's rule user data: (type u8, length u8, value) records; type 0 is the comment,
     /// a NUL-terminated string.
     static func comment(inUserData data: ArraySlice<UInt8>) -> String? {

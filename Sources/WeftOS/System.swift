@@ -69,6 +69,15 @@ public enum Files {
         try writeAll(fd, Array(text.utf8), path: path)
     }
 
+    /// Appends in one write(2) with O_APPEND, so short records from concurrent writers never
+    /// interleave; the file is created if missing.
+    public static func append(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o644) throws(SystemError) {
+        let fd = retrying { open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, mode) }
+        guard fd >= 0 else { throw SystemError("open \(path)") }
+        defer { close(fd) }
+        try writeAll(fd, bytes, path: path)
+    }
+
     public static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
 
     /// mkdir -p.

@@ -118,6 +118,7 @@ struct Agent: AsyncParsableCommand {
     @Option(help: "A range of the host network for LoadBalancer addresses (repeatable); the nodes announce them.")
     var loadBalancerCidr: [String] = []
     @Option(help: "Port of the node's cluster DNS resolver on its host address (0: no DNS).") var dnsPort = 53
+    @Option(help: "Port of the agent's HTTP endpoint (/metrics for Prometheus, /flows for weft observe) on every address of the node (0: none).") var metricsPort = 9464
     @Option(help: "The cluster's DNS domain.") var clusterDomain = "cluster.local"
     @Option(help: "Where names outside the cluster domain are forwarded (repeatable; default: none, refused).")
     var dnsUpstream: [String] = []
@@ -145,6 +146,8 @@ struct Agent: AsyncParsableCommand {
                                  ipamDataDir: ipamDataDir, leaseTTL: leaseTTL)
         guard (0...65535).contains(dnsPort) else { throw ValidationError("--dns-port \(dnsPort): give a port from 1 to 65535, or 0 for no DNS") }
         config.dnsPort = dnsPort == 0 ? nil : dnsPort
+        guard (0...65535).contains(metricsPort) else { throw ValidationError("--metrics-port \(metricsPort): give a port from 1 to 65535, or 0 for none") }
+        config.metricsPort = metricsPort == 0 ? nil : metricsPort
         do { _ = try DNSName(clusterDomain) } catch { throw ValidationError("--cluster-domain \(clusterDomain) is not a DNS name; expected e.g. cluster.local") }
         config.clusterDomain = clusterDomain
         for u in dnsUpstream {

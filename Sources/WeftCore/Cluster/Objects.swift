@@ -64,9 +64,12 @@ public enum Keys {
     /// weft's own: pod ranges claimed by nodes, by compare-and-swap.
     public static let podRanges = "/weft/podranges/"
     public static let clusterConfig = "/weft/config"
+    /// weft's own: each agent's heartbeat (on its node lease), written to time its watch.
+    public static let heartbeats = "/weft/heartbeats/"
 
     public static func node(_ name: String) -> String { nodes + name }
     public static func nodeLease(_ name: String) -> String { nodeLeases + name }
+    public static func heartbeat(_ name: String) -> String { heartbeats + name }
     public static func namespace(_ name: String) -> String { namespaces + name }
     public static func pod(_ ns: String, _ name: String) -> String { pods + ns + "/" + name }
     public static func podRange(_ cidr: IPNetwork) -> String {
