@@ -47,30 +47,12 @@ final class PolicyEnforcer: Sendable {
         }
     }
 
-    /// Reads the datastore into the rules' input. Policies weft cannot read are skipped with a
-    /// warning (the API refuses them; one written around it must not take the others down).
     func readInput() async throws -> PolicyRules.Input {
-        var policies: [NetworkPolicy] = []
-        for kv in try await store.list(prefix: Keys.networkPolicies).items {
-            guard let o = try? KubeObject(bytes: kv.value) else { continue }
-            do { policies.append(try NetworkPolicy(o)) } catch {
-                logger.warning("skipping a network policy weft cannot read", metadata: ["error": "\(error)"])
-            }
-        }
-        var pods = try await store.list(prefix: Keys.pods).items.compactMap { (try? KubeObject(bytes: $0.value)).flatMap(PolicyPod.init) }
-        let slices = try await store.list(prefix: Keys.endpointSlices + NodeDNS.serviceNamespace + "/").items.compactMap { try? KubeObject(bytes: $0.value) }
-        pods += NodeDNS.policyPeers(slices)
-        var namespaces: [String: [String: String]] = [:]
-        for kv in try await store.list(prefix: Keys.namespaces).items {
-            if let o = try? KubeObject(bytes: kv.value) { namespaces[o.name] = o.labels }
-        }
-        var hosts: [IPAddress: String] = [:]
-        for kv in try await store.list(prefix: Keys.nodes).items {
-            if let n = (try? KubeObject(bytes: kv.value)).flatMap(NodeInfo.init) { hosts[n.hostIP] = n.name }
+        let (input, hosts) = try await DesiredState.policyInput(store) { error in
+            logger.warning("skipping a network policy weft cannot read", metadata: ["error": "\(error)"])
         }
         nodeAddresses.withLock { $0 = hosts }
-        return PolicyRules.Input(policies: policies.sorted { $0.id < $1.id }, pods: pods.sorted { ($0.namespace, $0.name) < ($1.namespace, $1.name) },
-                                 namespaces: namespaces)
+        return input
     }
 
     private func apply(_ changes: AsyncStream<Void>) async throws {

@@ -53,15 +53,8 @@ struct ServiceProxy: Sendable {
         for await _ in changes {
             let started = ContinuousClock.now
             do {
-                let services = try await store.list(prefix: Keys.services).items.compactMap { try? KubeObject(bytes: $0.value) }
-                let slices = try await store.list(prefix: Keys.endpointSlices).items.compactMap { try? KubeObject(bytes: $0.value) }
-                var entries: [ServiceRules.Entry] = []
-                for o in services {
-                    guard let s = try? ClusterService(o) else {
-                        logger.warning("skipping a service the datastore holds but weft cannot read", metadata: ["service": "\(o.namespace ?? "default")/\(o.name)"])
-                        continue
-                    }
-                    entries.append(.init(service: s, endpoints: EndpointSlices.endpoints(for: s, in: slices)))
+                let entries = try await DesiredState.serviceEntries(store) { o in
+                    logger.warning("skipping a service the datastore holds but weft cannot read", metadata: ["service": "\(o.namespace ?? "default")/\(o.name)"])
                 }
                 dns?.update(ClusterDNS(domain: clusterDomain, entries: entries))
                 defer {

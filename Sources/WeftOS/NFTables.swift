@@ -84,6 +84,42 @@ public final class LibNFTables: NFTablesRunner {
         }
     }
 
+    /// How many rules each chain of an `inet` table holds; nil when the table does not exist.
+    /// A raw dump, for comparing the kernel with what was meant to be written.
+    public func ruleCounts(table: String) throws(NFTablesError) -> [String: Int]? {
+        do {
+            if socket == nil { socket = try NetlinkSocket(protocol: NETLINK_NETFILTER) }
+            var req = NetlinkRequest(type: (k(NFNL_SUBSYS_NFTABLES) << 8) | k(NFT_MSG_GETRULE), flags: NLM_F_DUMP)
+            req.append(UInt8(NFPROTO_INET))
+            req.append(UInt8(NFNETLINK_V0))
+            req.append(UInt16(0))
+            req.attr(k(NFTA_RULE_TABLE), string: table)
+            var out: [String: Int] = [:]
+            for msg in try socket!.exchange(req, { "list the rules of table inet \(table)" }) {
+                let attrs = NetlinkAttributes(bytes: msg.payload.dropFirst(4))
+                guard attrs.string(k(NFTA_RULE_TABLE)) == table, let chain = attrs.string(k(NFTA_RULE_CHAIN)) else { continue }
+                out[chain, default: 0] += 1
+            }
+            // Chains without rules appear in no rule: list them too.
+            var chains = NetlinkRequest(type: (k(NFNL_SUBSYS_NFTABLES) << 8) | k(NFT_MSG_GETCHAIN), flags: NLM_F_DUMP)
+            chains.append(UInt8(NFPROTO_INET))
+            chains.append(UInt8(NFNETLINK_V0))
+            chains.append(UInt16(0))
+            chains.attr(k(NFTA_CHAIN_TABLE), string: table)
+            var found = false
+            for msg in try socket!.exchange(chains, { "list the chains of table inet \(table)" }) {
+                let attrs = NetlinkAttributes(bytes: msg.payload.dropFirst(4))
+                guard attrs.string(k(NFTA_CHAIN_TABLE)) == table, let name = attrs.string(k(NFTA_CHAIN_NAME)) else { continue }
+                found = true
+                if out[name] == nil { out[name] = 0 }
+            }
+            return found ? out : nil
+        } catch {
+            if error.isNotFound { return nil }
+            throw NFTablesError(message: "\(error)")
+        }
+    }
+
     /// The named counters of an `inet` table: name → (packets, bytes); empty when the table does
     /// not exist. A raw NETLINK_NETFILTER dump (no libnftables cache), cheap enough to poll.
     public func counters(table: String) throws(NFTablesError) -> [String: (packets: UInt64, bytes: UInt64)] {

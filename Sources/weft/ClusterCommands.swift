@@ -207,3 +207,60 @@ struct ConnectivityCommand: AsyncParsableCommand {
         if !result.failures.isEmpty { throw ExitCode(1) }
     }
 }
+
+struct DoctorCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "doctor",
+        abstract: "Check every node for the usual culprits: MTU, routes to peers, forwarding and rp_filter, leaked addresses, conntrack, drift from the desired state, a missing agent.")
+    @OptionGroup var cluster: ClusterOptions
+
+    func run() async throws {
+        let state = try LabState.load(cluster.lab)
+        let store: any Datastore
+        do { (store, _) = try cluster.open() } catch {
+            print("PROBLEM datastore: \(state.datastore) is out of reach: \(error)\n    fix: is the lab up (`weft lab up`)? for etcd, are its members running?")
+            throw ExitCode(1)
+        }
+        let findings = try await LabDoctor(state: state, store: store).run()
+        for f in findings { print(f) }
+        let problems = findings.filter { $0.severity == .problem }.count
+        print(findings.isEmpty ? "no problems found on \(state.nodes.count) node(s)"
+              : "\(problems) problem(s), \(findings.count - problems) warning(s) on \(Set(findings.map(\.node)).count) of \(state.nodes.count) node(s)")
+        if problems > 0 { throw ExitCode(1) }
+    }
+}
+
+struct TraceCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "trace",
+        abstract: "The path of a packet hop by hop (routes, veths, service translation, policy verdicts, encapsulation), from the desired state, each hop checked against the live kernel.")
+    @OptionGroup var cluster: ClusterOptions
+    @Argument(help: "The source pod: NAMESPACE/NAME or NAME (default namespace).") var source: String
+    @Argument(help: "The destination: a pod, svc/NAMESPACE/NAME, node/NAME or an address, with :PORT and /TCP, /UDP or /SCTP (default TCP), e.g. web:80 or [fd00::5]:53/UDP.") var destination: String
+
+    /// "x/web:80/UDP" → ("x/web", 80, "UDP"); IPv6 in brackets.
+    static func split(_ s: String) -> (String, UInt16?, String) {
+        var t = Substring(s), proto = "TCP"
+        if let slash = t.lastIndex(of: "/"), ["TCP", "UDP", "SCTP"].contains(t[t.index(after: slash)...].uppercased()) {
+            proto = t[t.index(after: slash)...].uppercased(); t = t[..<slash]
+        }
+        if t.hasPrefix("["), let close = t.firstIndex(of: "]") {
+            let host = String(t[t.index(after: t.startIndex)..<close])
+            let rest = t[t.index(after: close)...]
+            return (host, rest.hasPrefix(":") ? UInt16(rest.dropFirst()) : nil, proto)
+        }
+        if IPAddress(t) != nil { return (String(t), nil, proto) }
+        if let colon = t.lastIndex(of: ":"), let p = UInt16(t[t.index(after: colon)...]) { return (String(t[..<colon]), p, proto) }
+        return (String(t), nil, proto)
+    }
+
+    func run() async throws {
+        let state = try LabState.load(cluster.lab)
+        let (store, _) = try cluster.open()
+        let (dst, port, proto) = Self.split(destination)
+        let started = ContinuousClock.now
+        let result = try await LabTrace(state: state, store: store).run(from: source, to: dst, port: port, proto: proto)
+        print("trace \(source) -> \(destination)\n")
+        print(result.text, terminator: "")
+        print("(\(Int((ContinuousClock.now - started).components.attoseconds / 1_000_000_000_000_000 + (ContinuousClock.now - started).components.seconds * 1000)) ms)")
+        if !result.delivered || result.differences > 0 { throw ExitCode(1) }
+    }
+}

@@ -94,4 +94,64 @@ struct ObservabilityTests {
         let health = try sh(["ip", "netns", "exec", lab.nodeNS(1), "curl", "-sf", "http://127.0.0.1:9464/healthz"])
         #expect(health.stdout == "ok\n")
     }
+
+    @Test("doctor: clean on a healthy lab; finds each planted fault (a wrong MTU, a deleted route, a leaked address, a rule removed by hand)")
+    func doctor() throws {
+        let lab = try MultiNodeTests.TestLab(nodes: 2, mode: "vxlan")
+        let apply = try lab.run(["apply", "-f", "-"], stdin: """
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: a}
+        spec: {nodeName: node0, containers: [{name: c, image: agnhost}]}
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: c}
+        spec: {nodeName: node1, containers: [{name: c, image: agnhost}]}
+        ---
+        apiVersion: networking.k8s.io/v1
+        kind: NetworkPolicy
+        metadata: {name: deny}
+        spec: {podSelector: {}}
+        """)
+        try #require(apply.status == 0, "\(apply.stdout)\(apply.stderr)")
+        func doctor() throws -> CommandResult { try lab.run(["doctor"]) }
+        var r = try CommandResult(status: 1, stdout: "", stderr: "")
+        #expect(Self.eventually(15) { r = (try? doctor()) ?? r; return r.status == 0 }, "a healthy lab: \(r.stdout)")
+        #expect(r.stdout.contains("no problems found on 2 node(s)"))
+        let node0 = lab.nodeNS(0)
+
+        // A wrong MTU: the host network shrinks under pods sized for 1500 − VXLAN.
+        _ = try sh(["ip", "-n", node0, "link", "set", "eth0", "mtu", "1300"])
+        r = try doctor()
+        #expect(r.status != 0 && r.stdout.contains("PROBLEM [node0] mtu: pods are given MTU 1450 but eth0 carries 1300"), "\(r.stdout)")
+        _ = try sh(["ip", "-n", node0, "link", "set", "eth0", "mtu", "1500"])
+
+        // A leaked address: held in IPAM, by no pod.
+        let leak = "/run/weft/lab/\(lab.name)/node0/ipam/weft/10.244.250.77"
+        try Files.writeAtomically(leak, Array("leaked\n".utf8))
+        r = try doctor()
+        #expect(r.status != 0 && r.stdout.contains("PROBLEM [node0] ipam: 1 address(es) held in IPAM by no pod of this node: 10.244.250.77"), "\(r.stdout)")
+        unlink(leak)
+
+        // A deleted route, with the agent paused so it cannot put it back before the check.
+        let agent = try #require(try sh(["ip", "netns", "pids", node0]).stdout.split(separator: "\n").compactMap { pid_t($0) }
+            .first { ((try? Files.readString("/proc/\($0)/cmdline")) ?? "").contains("\0agent\0") })
+        kill(agent, SIGSTOP)
+        defer { kill(agent, SIGCONT) }
+        let route = try #require(try sh(["ip", "-n", node0, "route", "show", "proto", "87"]).stdout.split(separator: "\n").first?.split(separator: " ").first.map(String.init))
+        _ = try sh(["ip", "-n", node0, "route", "del", route])
+        r = try doctor()
+        #expect(r.status != 0 && r.stdout.contains("PROBLEM [node0] routes: no route to node1's pods \(route)"), "\(r.stdout)")
+        kill(agent, SIGCONT)
+        #expect(Self.eventually(15) { (try? doctor())?.status == 0 }, "the agent puts the route back and the doctor is satisfied")
+
+        // A rule removed by hand (the anti-spoofing rule): drift from what the agent means to hold.
+        let handle = try #require(try sh(["ip", "netns", "exec", node0, "nft", "-a", "list", "chain", "inet", "weft-policy", "antispoof"]).stdout
+            .split(separator: "\n").first { $0.contains("fib saddr") }?.components(separatedBy: "handle ").last)
+        _ = try sh(["ip", "netns", "exec", node0, "nft", "delete", "rule", "inet", "weft-policy", "antispoof", "handle", handle])
+        r = try doctor()
+        #expect(r.status != 0 && r.stdout.contains("PROBLEM [node0] drift: table inet weft-policy differs") && r.stdout.contains("chain antispoof: 3 rule(s), 4 meant"), "\(r.stdout)")
+        #expect(!r.stdout.contains("[node1]"), "node1 is fine: \(r.stdout)")
+    }
 }

@@ -241,3 +241,50 @@ public struct PolicyPod: Sendable, Hashable {
                   node: o.spec["nodeName"]?.stringValue, namedPorts: named)
     }
 }
+
+extension PolicyRules.Input {
+    /// The verdict for one connection as the Kubernetes semantics give it, with the policies
+    /// behind it (for `weft trace` and for explaining; the kernel's table implements the same).
+    public struct Verdict: Sendable, Equatable {
+        public var allowed: Bool
+        /// Policies selecting the pod in this direction (none: not isolated, allowed).
+        public var isolatedBy: [String]
+        /// Of those, the ones with a rule allowing the connection.
+        public var allowedBy: [String]
+    }
+
+    /// - pod: the pod judged (the destination for ingress, the source for egress).
+    /// - peer: the other end's address, and its pod when it is one.
+    public func verdict(_ d: NetworkPolicy.Direction, pod: PolicyPod, peer: IPAddress, peerPod: PolicyPod?, port: UInt16?, proto: String) -> Verdict {
+        let isolating = isolating(pod, d)
+        guard !isolating.isEmpty else { return Verdict(allowed: true, isolatedBy: [], allowedBy: []) }
+        // Named ports resolve on the destination: the judged pod for ingress, the peer for egress.
+        let destination = d == .ingress ? pod : peerPod
+        var allowedBy: [String] = []
+        for p in isolating {
+            let allows = p.rules(d).contains { rule in
+                let peerOK = rule.peers.isEmpty || rule.peers.contains { peerSpec in
+                    switch peerSpec {
+                    case .ipBlock(let cidr, let except):
+                        return cidr.contains(peer) && !except.contains { $0.contains(peer) }
+                    case .pods(let ps, let nss):
+                        guard let peerPod else { return false }
+                        let nsOK = nss.map { $0.matches(namespaceLabels(peerPod.namespace)) } ?? (peerPod.namespace == p.namespace)
+                        return nsOK && (ps?.matches(peerPod.labels) ?? true)
+                    }
+                }
+                let portOK = rule.ports.isEmpty || rule.ports.contains { sp in
+                    guard sp.proto == proto else { return false }
+                    switch sp.port {
+                    case nil: return true
+                    case .number(let n)?: return port.map { $0 >= n && $0 <= (sp.endPort ?? n) } ?? false
+                    case .name(let name)?: return port != nil && destination?.namedPorts["\(name)/\(proto)"] == port
+                    }
+                }
+                return peerOK && portOK
+            }
+            if allows { allowedBy.append(p.id) }
+        }
+        return Verdict(allowed: !allowedBy.isEmpty, isolatedBy: isolating.map(\.id).sorted(), allowedBy: allowedBy.sorted())
+    }
+}

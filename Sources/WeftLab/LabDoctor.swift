@@ -1,0 +1,102 @@
+import WeftAgent
+import WeftCore
+import WeftOS
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `weft doctor` on a lab: for every node, what its kernel and files hold (read inside its
+/// namespace) against what the datastore says it should hold, judged by `Doctor.check`.
+public struct LabDoctor {
+    public let state: LabState
+    public let store: any Datastore
+    public let uplink = "eth0"
+
+    public init(state: LabState, store: any Datastore) { self.state = state; self.store = store }
+
+    public func run() async throws -> [Finding] {
+        let nodes = try await store.list(prefix: Keys.nodes).items.compactMap { (try? KubeObject(bytes: $0.value)).flatMap(NodeInfo.init) }
+        let live = Set(try await store.list(prefix: Keys.nodeLeases).items.map { String($0.key.dropFirst(Keys.nodeLeases.count)) })
+        let pods = try await store.list(prefix: Keys.pods).items.compactMap { try? KubeObject(bytes: $0.value) }
+        let entries = try await DesiredState.serviceEntries(store)
+        let (policyInput, _) = try await DesiredState.policyInput(store)
+        var owners: [IPNetwork: String] = [:]
+        for n in nodes { for r in n.podCIDRs { owners[r] = n.name } }
+
+        var findings: [Finding] = []
+        for node in state.nodes {
+            var want = NodeExpectation(mode: state.mode, routing: desiredRouting(me: node.name, nodes: nodes.filter { live.contains($0.name) }, mode: state.mode, uplink: uplink))
+            want.rangeOwners = owners
+            want.leaseLive = live.contains(node.name)
+            want.hasIPv6PodRange = nodes.first { $0.name == node.name }?.podCIDRs.contains { $0.family == .v6 } ?? false
+            want.podAddresses = Set(pods.filter { $0.nodeName == node.name && $0.spec["hostNetwork"]?.boolValue != true }.flatMap { p in
+                (p.status["podIPs"]?.arrayValue ?? []).compactMap { $0["ip"]?.stringValue.flatMap(IPAddress.init) }
+            })
+            want.tables = [
+                ServiceRules.table: Doctor.ruleCounts(script: ServiceRules.fullScript(ServiceRules.model(entries, node: node.name))),
+                PolicyRules.table: PolicyRules.model(policyInput, node: node.name).chains.mapValues(\.rules.count),
+            ]
+            do {
+                findings += Doctor.check(try observe(node), want)
+            } catch {
+                findings.append(Finding(node: node.name, check: "node", message: "cannot look inside the node's namespace \(node.netns): \(error)",
+                                        fix: "is the lab up? `weft lab up` recreates it"))
+            }
+        }
+        return findings
+    }
+
+    /// Reads one node: links, routes, sysctls and nftables inside its namespace; its CNI config
+    /// and IPAM records from the lab's files.
+    func observe(_ node: LabState.Node) throws -> NodeObservation {
+        var o = NodeObservation(node: node.name, uplink: uplink)
+        let dir = "\(state.dir)/\(node.name)"
+        if let conf = try? JSONValue.parse(Files.read("\(dir)/net.d/10-weft.conflist")) {
+            o.configuredPodMTU = conf["plugins"]?.arrayValue?.first?["mtu"]?.intValue
+        }
+        o.ipamHeld = Set(((try? Files.list("\(dir)/ipam/weft")) ?? []).compactMap(IPAddress.init))
+        let ns = try NetworkNamespace(path: "/run/netns/\(node.netns)")
+        try ns.run { () throws -> Void in
+            let net = try Rtnetlink()
+            let links = try net.links()
+            o.uplinkMTU = links.first { $0.name == uplink }?.mtu
+            for l in links where l.name.hasPrefix("weft") && l.name != VXLAN.device && l.name != "weft0" { o.podInterfaceMTUs[l.name] = l.mtu }
+            let names = Dictionary(links.map { ($0.index, $0.name) }, uniquingKeysWith: { a, _ in a })
+            for r in try net.routes(family: .v4) + net.routes(family: .v6) where r.protocolID == RouteEntry.weftProtocol && r.table == 254 {
+                o.routes.append((r.destination, r.gateway, r.linkIndex.flatMap { names[$0] } ?? "?"))
+            }
+            var keys = ["net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding", "net/ipv4/conf/all/rp_filter", "net/ipv4/conf/\(uplink)/rp_filter"]
+            if state.mode == .vxlan { keys.append("net/ipv4/conf/\(VXLAN.device)/rp_filter") }
+            for k in keys {
+                if let v = try? Files.readString("/proc/sys/\(k)") { o.sysctls[k] = v.trimmingCharacters(in: .whitespacesAndNewlines) }
+            }
+            o.conntrackCount = (try? Files.readString("/proc/sys/net/netfilter/nf_conntrack_count")).flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+            o.conntrackMax = (try? Files.readString("/proc/sys/net/netfilter/nf_conntrack_max")).flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+            let nft = LibNFTables()
+            for t in [ServiceRules.table, PolicyRules.table] { if let c = try nft.ruleCounts(table: t) { o.tables[t] = c } }
+            o.agentAnswers = Self.healthz(port: 9464)
+        }
+        return o
+    }
+
+    /// GET /healthz on 127.0.0.1 in the current namespace; true on a 200 within a second.
+    static func healthz(port: UInt16) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var tv = timeval(tv_sec: 1, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = port.bigEndian
+        addr.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+        let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard ok == 0 else { return false }
+        let req = Array("GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".utf8)
+        guard req.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, 0) }) == req.count else { return false }
+        var buf = [UInt8](repeating: 0, count: 64)
+        let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        return n > 12 && String(decoding: buf[0..<n], as: UTF8.self).hasPrefix("HTTP/1.1 200")
+    }
+}

@@ -1,0 +1,230 @@
+import WeftAgent
+import WeftCore
+import WeftOS
+
+/// `weft trace SRC DST[:PORT[/PROTO]]` on a lab: the path a packet takes, hop by hop — the
+/// route in the source pod, its veth, the service translation and the endpoints it may pick,
+/// the policy verdicts naming the deciding policies, the node's routing decision, the
+/// encapsulation or native route, the peer node, the destination's veth — computed from the
+/// desired state and each hop checked against the live kernel (`ip route get` in the node's or
+/// pod's namespace, the policy and service tables' map elements), differences reported.
+public struct LabTrace {
+    public struct Hop: Sendable {
+        public var what: String
+        public var desired: String
+        /// What the kernel says, when the hop has a kernel counterpart.
+        public var live: String?
+        public var agrees = true
+    }
+
+    public struct Result: Sendable {
+        public var hops: [Hop] = []
+        public var verdict = ""
+        public var delivered = false
+        public var differences: Int { hops.filter { !$0.agrees }.count }
+
+        public var text: String {
+            var s = ""
+            for (i, h) in hops.enumerated() {
+                s += "\(i + 1). \(h.what)\n     \(h.desired)\n"
+                if let live = h.live { s += "     kernel: \(live)\(h.agrees ? "" : "   <-- DIFFERS")\n" }
+            }
+            s += "=> \(verdict)\n"
+            if differences > 0 { s += "\(differences) difference(s) between the desired state and the kernel\n" }
+            return s
+        }
+    }
+
+    enum End {
+        case pod(KubeObject, PolicyPod)
+        case service(ClusterService)
+        case node(NodeInfo)
+        case address(IPAddress)
+    }
+
+    public let state: LabState
+    public let store: any Datastore
+
+    public init(state: LabState, store: any Datastore) { self.state = state; self.store = store }
+
+    /// "ns/name" or "name" (pod, else service, else node), "pod/…", "svc/…", "node/…", or an address.
+    func resolve(_ spec: String, pods: [KubeObject], entries: [ServiceRules.Entry], nodes: [NodeInfo]) throws -> End {
+        if let ip = IPAddress(spec) { return .address(ip) }
+        var kind: String?, rest = Substring(spec)
+        for k in ["pod/", "svc/", "service/", "node/"] where rest.hasPrefix(k) { kind = String(k.dropLast()); rest = rest.dropFirst(k.count) }
+        let parts = rest.split(separator: "/").map(String.init)
+        let (ns, name) = parts.count == 2 ? (parts[0], parts[1]) : ("default", parts.first ?? "")
+        if kind == nil || kind == "pod", let p = pods.first(where: { ($0.namespace ?? "default") == ns && $0.name == name }), let pp = PolicyPod(p) { return .pod(p, pp) }
+        if kind == nil || kind == "svc" || kind == "service", let e = entries.first(where: { $0.service.namespace == ns && $0.service.name == name }) { return .service(e.service) }
+        if kind == nil || kind == "node", let n = nodes.first(where: { $0.name == (parts.last ?? "") }) { return .node(n) }
+        throw LabError("\"\(spec)\" is no running pod, service or node of lab \(state.name); give NAMESPACE/NAME, pod/…, svc/…, node/NAME or an address")
+    }
+
+    public func run(from srcSpec: String, to dstSpec: String, port: UInt16?, proto: String) async throws -> Result {
+        let nodes = try await store.list(prefix: Keys.nodes).items.compactMap { (try? KubeObject(bytes: $0.value)).flatMap(NodeInfo.init) }
+        let pods = try await store.list(prefix: Keys.pods).items.compactMap { try? KubeObject(bytes: $0.value) }
+        let entries = try await DesiredState.serviceEntries(store)
+        let (input, _) = try await DesiredState.policyInput(store)
+        let src = try resolve(srcSpec, pods: pods, entries: entries, nodes: nodes)
+        var dst = try resolve(dstSpec, pods: pods, entries: entries, nodes: nodes)
+        var r = Result()
+
+        guard case .pod(_, let srcPod) = src, let srcNodeName = srcPod.node, let srcNode = nodes.first(where: { $0.name == srcNodeName }) else {
+            throw LabError("the source must be a pod (traces start in a pod's namespace); \(srcSpec) is not")
+        }
+        // A destination address that is a pod's or a service's is traced as that.
+        if case .address(let ip) = dst {
+            if let p = pods.first(where: { PolicyPod($0)?.addresses.contains(ip) == true }), let pp = PolicyPod(p) { dst = .pod(p, pp) }
+            else if let e = entries.first(where: { $0.service.clusterIPs.contains(ip) }) { dst = .service(e.service) }
+        }
+        let family: IPFamily = {
+            if case .address(let ip) = dst { return ip.family }
+            return srcPod.addresses.first?.family ?? .v4
+        }()
+        guard let srcIP = srcPod.addresses.first(where: { $0.family == family }) else { throw LabError("\(srcSpec) has no \(family) address") }
+        let srcNS = NodeRuntime.netnsName(labID: state.id, namespace: srcPod.namespace, pod: srcPod.name)
+        let srcNodeNS = netns(of: srcNodeName)
+
+        // The target address and port before translation.
+        var target: IPAddress
+        var targetPort = port
+        switch dst {
+        case .pod(_, let p):
+            guard let a = p.addresses.first(where: { $0.family == family }) else { throw LabError("\(dstSpec) has no \(family) address") }
+            target = a
+        case .service(let s):
+            guard let a = s.clusterIPs.first(where: { $0.family == family }) else { throw LabError("service \(dstSpec) has no \(family) ClusterIP") }
+            target = a
+            if targetPort == nil { targetPort = s.ports.first { $0.proto == proto }?.port }
+        case .node(let n): target = n.hostIP
+        case .address(let a): target = a
+        }
+
+        // 1. In the source pod: its route.
+        let podRoute = routeGet(ns: srcNS, to: target, from: nil, iif: nil)
+        r.hops.append(Hop(what: "source pod \(srcPod.namespace)/\(srcPod.name) \(srcIP) on \(srcNodeName)",
+                          desired: "route to \(target): default via the node (routed mode: 169.254.1.1 / fe80::1 dev eth0)",
+                          live: podRoute.map { "\(target) \($0.gateway.map { "via \($0) " } ?? "")dev \($0.dev)" } ?? "no route",
+                          agrees: podRoute?.dev == "eth0"))
+        let srcVeth = routeGet(ns: srcNodeNS, to: srcIP, from: nil, iif: nil)?.dev ?? "?"
+        r.hops.append(Hop(what: "veth into \(srcNodeName)", desired: "the pod's host-side interface \(hostVethHint(srcVeth))", live: srcVeth, agrees: srcVeth.hasPrefix("weft")))
+
+        // 2. Service translation.
+        var backend = target, backendPort = targetPort
+        var backendPod: PolicyPod?
+        if case .pod(_, let p) = dst { backendPod = p }
+        if case .service(let s) = dst {
+            guard let sp = s.ports.first(where: { $0.port == targetPort && $0.proto == proto }) else {
+                r.verdict = "service \(s.namespace)/\(s.name) has no \(proto) port \(targetPort.map(String.init) ?? "?")"
+                return r
+            }
+            let eps = entries.first { $0.service.namespace == s.namespace && $0.service.name == s.name }?.endpoints ?? []
+            var candidates = eps.filter { $0.address.family == family }.compactMap { ep in ep.port(for: sp).map { (ep, $0) } }
+            candidates = ServiceEndpoint.takingTraffic(candidates) { $0.0 }
+            if s.internalLocal { candidates = candidates.filter { $0.0.nodeName == srcNodeName } }
+            let key = "\(target) . \(proto.lowercased()) . \(sp.port)"
+            let element = nft(ns: srcNodeNS, "get element inet \(ServiceRules.table) \(family == .v4 ? "service-ips" : "service-ips6") { \(key) }")
+            let noEndpoint = nft(ns: srcNodeNS, "get element inet \(ServiceRules.table) \(family == .v4 ? "no-endpoint-services" : "no-endpoint-services6") { \(key) }")
+            let listed = candidates.map { "\($0.0.pod.isEmpty ? "" : $0.0.pod + " ")\($0.0.address):\($0.1)" }.joined(separator: ", ")
+            r.hops.append(Hop(what: "service \(s.namespace)/\(s.name) \(target):\(sp.port)/\(proto) on \(srcNodeName) (DNAT in inet \(ServiceRules.table))",
+                              desired: candidates.isEmpty ? "no endpoint takes traffic: rejected" : "picks one of \(candidates.count) endpoint(s) at random\(s.affinityTimeout != nil ? " (ClientIP affinity)" : ""): \(listed)",
+                              live: element != nil ? "service-ips has \(key)" : (noEndpoint != nil ? "no-endpoint-services has \(key) (reject)" : "no element for \(key)"),
+                              agrees: candidates.isEmpty ? noEndpoint != nil : element != nil))
+            guard let first = candidates.first else { r.verdict = "rejected: the service has no endpoint taking traffic"; return r }
+            backend = first.0.address
+            backendPort = first.1
+            backendPod = input.pods.first { $0.addresses.contains(backend) }
+            if candidates.count > 1 { r.hops[r.hops.count - 1].desired += "; traced: the first" }
+        }
+
+        // 3. Egress policy on the source node.
+        let egress = input.verdict(.egress, pod: srcPod, peer: backend, peerPod: backendPod, port: backendPort, proto: proto)
+        let egressMapped = nft(ns: srcNodeNS, "get element inet \(PolicyRules.table) egress-pods\(family == .v4 ? "4" : "6") { \(srcIP) }") != nil
+        r.hops.append(Hop(what: "egress policy on \(srcNodeName)", desired: describe(egress, "egress from \(srcPod.namespace)/\(srcPod.name)"),
+                          live: egressMapped ? "\(srcIP) is in egress-pods (isolated)" : "\(srcIP) is not in egress-pods (not isolated)",
+                          agrees: egressMapped == !egress.isolatedBy.isEmpty))
+        if !egress.allowed { r.verdict = "dropped on \(srcNodeName): no egress policy allows it (isolated by \(egress.isolatedBy.joined(separator: ", ")))"; return r }
+
+        // 4. The source node's routing decision.
+        let dstNodeName = backendPod?.node ?? nodes.first { $0.hostIP == backend }?.name
+        let dstNode = nodes.first { $0.name == dstNodeName }
+        let decision = routeGet(ns: srcNodeNS, to: backend, from: srcIP, iif: srcVeth)
+        let wantDev: String
+        let how: String
+        if dstNodeName == srcNodeName {
+            wantDev = backendPod != nil ? "weft…" : "local"
+            how = backendPod != nil ? "same node: straight to the destination pod's veth" : "delivered to the node itself"
+        } else if let dstNode {
+            switch state.mode {
+            case .vxlan: wantDev = VXLAN.device; how = "to \(dstNode.name)'s pod range over VXLAN (\(VXLAN.device) → \(dstNode.hostIP))"
+            case .native: wantDev = "eth0"; how = "native route to \(dstNode.name)'s pod range via \(dstNode.hostIP)"
+            case .underlay: wantDev = "eth0"; how = "pod addresses on the host network: via \(dstNode.hostIP)"
+            }
+        } else {
+            wantDev = "eth0"; how = "outside the cluster: out of eth0 (masqueraded)"
+        }
+        let devOK = decision.map { wantDev == "weft…" ? $0.dev.hasPrefix("weft") && $0.dev != VXLAN.device : (wantDev == "local" ? $0.type == "local" : $0.dev == wantDev) } ?? false
+        r.hops.append(Hop(what: "routing on \(srcNodeName)", desired: how,
+                          live: decision.map { "\(backend) \($0.type == "local" ? "local " : "")\($0.gateway.map { "via \($0) " } ?? "")dev \($0.dev)" } ?? "no route",
+                          agrees: devOK))
+        guard let dstNode, let dstNodeName else {
+            r.verdict = devOK ? "leaves the cluster through \(srcNodeName)'s uplink" : "no route"
+            r.delivered = devOK
+            return r
+        }
+
+        // 5. The destination node: its route to the pod, then ingress policy.
+        if let backendPod {
+            let dstNodeNS = netns(of: dstNodeName)
+            let iif = dstNodeName == srcNodeName ? srcVeth : (state.mode == .vxlan ? VXLAN.device : "eth0")
+            let arrive = routeGet(ns: dstNodeNS, to: backend, from: srcIP, iif: iif)
+            if dstNodeName != srcNodeName {
+                r.hops.append(Hop(what: "arrives at \(dstNodeName) (\(dstNode.hostIP)) on \(iif)", desired: "route to the destination pod's veth",
+                                  live: arrive.map { "\(backend) dev \($0.dev)" } ?? "no route", agrees: arrive?.dev.hasPrefix("weft") == true && arrive?.dev != VXLAN.device))
+            }
+            let ingress = input.verdict(.ingress, pod: backendPod, peer: srcIP, peerPod: srcPod, port: backendPort, proto: proto)
+            let ingressMapped = nft(ns: dstNodeNS, "get element inet \(PolicyRules.table) ingress-pods\(family == .v4 ? "4" : "6") { \(backend) }") != nil
+            r.hops.append(Hop(what: "ingress policy on \(dstNodeName)", desired: describe(ingress, "ingress to \(backendPod.namespace)/\(backendPod.name)"),
+                              live: ingressMapped ? "\(backend) is in ingress-pods (isolated)" : "\(backend) is not in ingress-pods (not isolated)",
+                              agrees: ingressMapped == !ingress.isolatedBy.isEmpty))
+            if !ingress.allowed { r.verdict = "dropped on \(dstNodeName): no ingress policy allows it (isolated by \(ingress.isolatedBy.joined(separator: ", ")))"; return r }
+            r.hops.append(Hop(what: "destination pod \(backendPod.namespace)/\(backendPod.name) \(backend)\(backendPort.map { ":\($0)/\(proto)" } ?? "")", desired: "delivered"))
+            r.verdict = "delivered to \(backendPod.namespace)/\(backendPod.name)\(r.differences > 0 ? " (as desired; the kernel differs, see above)" : "")"
+            r.delivered = true
+        } else {
+            r.hops.append(Hop(what: "node \(dstNodeName) \(dstNode.hostIP)", desired: "delivered to the node"))
+            r.verdict = "delivered to node \(dstNodeName)"
+            r.delivered = true
+        }
+        return r
+    }
+
+    func describe(_ v: PolicyRules.Input.Verdict, _ what: String) -> String {
+        if v.isolatedBy.isEmpty { return "\(what): no policy selects the pod in this direction: allowed" }
+        if v.allowed { return "\(what): allowed by \(v.allowedBy.joined(separator: ", ")) (isolated by \(v.isolatedBy.joined(separator: ", ")))" }
+        return "\(what): DENIED — isolated by \(v.isolatedBy.joined(separator: ", ")), no rule of theirs allows it"
+    }
+
+    func hostVethHint(_ dev: String) -> String { dev.hasPrefix("weft") ? "(weft + hash of container and ifname)" : "" }
+
+    func netns(of node: String) -> String { state.nodes.first { $0.name == node }?.netns ?? "?" }
+
+    struct RouteAnswer { var dev: String; var gateway: String?; var type: String }
+
+    /// `ip -j route get` in a namespace.
+    func routeGet(ns: String, to: IPAddress, from: IPAddress?, iif: String?) -> RouteAnswer? {
+        var args = ["-j", "-n", ns, "route", "get", to.description]
+        if let from { args += ["from", from.description] }
+        if let iif { args += ["iif", iif] }
+        guard let out = try? Subprocess.run("/usr/sbin/ip", arguments: args, environment: ["PATH": "/usr/sbin:/usr/bin"], stdin: []), out.status == 0,
+              let j = try? JSONValue.parse(out.stdout), let first = j.arrayValue?.first else { return nil }
+        return RouteAnswer(dev: first["dev"]?.stringValue ?? "?", gateway: first["gateway"]?.stringValue, type: first["type"]?.stringValue ?? "unicast")
+    }
+
+    /// Runs one nft command in a namespace; its output, nil when it failed (e.g. no such element).
+    func nft(ns: String, _ command: String) -> String? {
+        guard let out = try? Subprocess.run("/usr/sbin/ip", arguments: ["netns", "exec", ns, "nft"] + command.split(separator: " ").map(String.init),
+                                            environment: ["PATH": "/usr/sbin:/usr/bin"], stdin: []), out.status == 0 else { return nil }
+        return String(decoding: out.stdout, as: UTF8.self)
+    }
+}
