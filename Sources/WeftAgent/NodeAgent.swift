@@ -52,9 +52,11 @@ public final class NodeAgent: Service, @unchecked Sendable {
     let logger: Logger
     private let state = PeerState()
     let metrics = AgentMetrics()
+    let flows: FlowRecorder
 
     public init(config: AgentConfig, store: any Datastore, net: NetworkControl, servicesNet: NetworkControl, logger: Logger) {
         self.config = config; self.store = store; self.net = net; self.servicesNet = servicesNet; self.logger = logger
+        flows = FlowRecorder(node: config.nodeName)
     }
 
     /// Runs until SIGTERM/SIGINT (graceful: the kernel state stays, so pods keep their
@@ -105,7 +107,7 @@ public final class NodeAgent: Service, @unchecked Sendable {
             let healthChecks = HealthCheckServer(logger: self.logger)
             group.addTask {
                 try await ServiceProxy(store: self.store, logger: self.logger, node: self.config.nodeName,
-                                       addresses: addresses, healthChecks: healthChecks, dns: dns, clusterDomain: domain, metrics: self.metrics).run()
+                                       addresses: addresses, healthChecks: healthChecks, dns: dns, clusterDomain: domain, metrics: self.metrics, flows: self.flows).run()
             }
             if let dns {
                 group.addTask {
@@ -113,7 +115,8 @@ public final class NodeAgent: Service, @unchecked Sendable {
                                       leaseTTL: self.config.leaseTTL).run()
                 }
             }
-            group.addTask { try await PolicyEnforcer(store: self.store, logger: self.logger, node: self.config.nodeName, metrics: self.metrics).run() }
+            group.addTask { try await PolicyEnforcer(store: self.store, logger: self.logger, node: self.config.nodeName, metrics: self.metrics, flows: self.flows).run() }
+            group.addTask { await self.flows.followConntrack(logger: self.logger) }
             group.addTask { await self.collectMetrics(ranges: podRanges) }
             group.addTask { try await self.heartbeat(lease: heldLease) }
             if let server = metricsServer {
@@ -131,11 +134,16 @@ public final class NodeAgent: Service, @unchecked Sendable {
     func serveMetrics() async -> AgentHTTPServer? {
         guard let port = config.metricsPort else { return nil }
         do {
-            return try await AgentHTTPServer.bind(host: "0.0.0.0", port: port) { [metrics] req in
+            return try await AgentHTTPServer.bind(host: "0.0.0.0", port: port) { [metrics, flows] req in
                 switch req.path {
                 case "/metrics": return .init(contentType: "text/plain; version=0.0.4; charset=utf-8", body: metrics.text())
+                case "/flows":
+                    // Flows after the `since` sequence number the client saw last (0: all kept).
+                    let (list, next) = flows.flows(after: UInt64(req.query["since"] ?? "0") ?? 0)
+                    let body = JSONValue.object([("next", .number(Double(next))), ("flows", .array(list.map(\.json)))]).serialized()
+                    return .init(contentType: "application/json", body: Array(body.utf8))
                 case "/healthz": return .init(body: Array("ok\n".utf8))
-                default: return .init(status: .notFound, body: Array("not found; try /metrics or /healthz\n".utf8))
+                default: return .init(status: .notFound, body: Array("not found; try /metrics, /flows or /healthz\n".utf8))
                 }
             }
         } catch {
@@ -307,6 +315,8 @@ public final class NodeAgent: Service, @unchecked Sendable {
     func prepareNode(cluster: ClusterConfig, ranges: [IPNetwork]) throws {
         try Sysctl.ensure("net/ipv4/ip_forward", "1")
         if ranges.contains(where: { $0.family == .v6 }) { try Sysctl.ensure("net/ipv6/conf/all/forwarding", "1") }
+        // Flow records carry packet and byte counts (conntrack accounting); best effort.
+        try? Sysctl.ensure("net/netfilter/nf_conntrack_acct", "1")
         switch cluster.mode {
         case .vxlan:
             guard let dev = try net.link(named: VXLAN.device) else { return }

@@ -18,10 +18,12 @@ final class PolicyEnforcer: Sendable {
     /// Opens the node's nflog group (nil in tests without a kernel).
     let openLog: @Sendable () throws -> NFLog?
     let metrics: AgentMetrics
+    /// Told the pods (to name flows) and each denial (a dropped flow).
+    let flows: FlowRecorder?
 
-    init(store: any Datastore, logger: Logger, node: String, resyncSeconds: Double = 300, metrics: AgentMetrics = AgentMetrics(),
+    init(store: any Datastore, logger: Logger, node: String, resyncSeconds: Double = 300, metrics: AgentMetrics = AgentMetrics(), flows: FlowRecorder? = nil,
          openLog: @escaping @Sendable () throws -> NFLog? = { try NFLog(group: PolicyRules.logGroup) }) {
-        self.store = store; self.logger = logger; self.node = node; self.resyncSeconds = resyncSeconds; self.metrics = metrics; self.openLog = openLog
+        self.store = store; self.logger = logger; self.node = node; self.resyncSeconds = resyncSeconds; self.metrics = metrics; self.flows = flows; self.openLog = openLog
     }
 
     /// What the last pass read, for explaining logged packets.
@@ -52,6 +54,7 @@ final class PolicyEnforcer: Sendable {
             logger.warning("skipping a network policy weft cannot read", metadata: ["error": "\(error)"])
         }
         nodeAddresses.withLock { $0 = hosts }
+        flows?.updatePods(input.pods)
         return input
     }
 
@@ -121,6 +124,10 @@ final class PolicyEnforcer: Sendable {
                                               sourcePort: p.sourcePort, destinationPort: p.destinationPort,
                                               interface: p.inInterface.flatMap(Self.interfaceName), input: input, nodes: hosts)
                 self.metrics.denialLogged(d)
+                var f = Flow(event: d.direction == "spoofed" ? "spoofed" : "denied", verdict: .dropped, time: Date().timeIntervalSince1970, node: self.node,
+                             proto: d.proto, source: p.source, sourcePort: p.sourcePort, destination: p.destination, destinationPort: p.destinationPort)
+                f.reason = d.direction == "spoofed" ? "source address not the pod's" : "\(d.direction): no policy allows it; isolated by \(d.policies.joined(separator: ", "))"
+                self.flows?.record(f)
                 self.logger.notice("\(d.summary)", metadata: d.metadata.mapValues { .string($0) })
             }
         } onCancel: {

@@ -25,6 +25,8 @@ struct ServiceProxy: Sendable {
     var conntrack: @Sendable () throws -> ConntrackControl = { try Conntrack() }
     var resyncSeconds: Double = 300
     var metrics = AgentMetrics()
+    /// Told the services' addresses, to name flows.
+    var flows: FlowRecorder?
 
     func run() async throws {
         let (changes, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
@@ -57,6 +59,7 @@ struct ServiceProxy: Sendable {
                     logger.warning("skipping a service the datastore holds but weft cannot read", metadata: ["service": "\(o.namespace ?? "default")/\(o.name)"])
                 }
                 dns?.update(ClusterDNS(domain: clusterDomain, entries: entries))
+                flows?.updateServices(entries)
                 defer {
                     // After the rules changed: stale UDP flows would keep the old NAT.
                     if let was = lastEntries { clearStale(ServiceRules.staleConntrack(from: was, to: entries)) }

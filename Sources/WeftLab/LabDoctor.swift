@@ -74,29 +74,10 @@ public struct LabDoctor {
             o.conntrackMax = (try? Files.readString("/proc/sys/net/netfilter/nf_conntrack_max")).flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
             let nft = LibNFTables()
             for t in [ServiceRules.table, PolicyRules.table] { if let c = try nft.ruleCounts(table: t) { o.tables[t] = c } }
-            o.agentAnswers = Self.healthz(port: 9464)
+            o.agentAnswers = Self.healthz(port: AgentClient.port)
         }
         return o
     }
 
-    /// GET /healthz on 127.0.0.1 in the current namespace; true on a 200 within a second.
-    static func healthz(port: UInt16) -> Bool {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        var tv = timeval(tv_sec: 1, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = port.bigEndian
-        addr.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
-        let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        guard ok == 0 else { return false }
-        let req = Array("GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".utf8)
-        guard req.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, 0) }) == req.count else { return false }
-        var buf = [UInt8](repeating: 0, count: 64)
-        let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-        return n > 12 && String(decoding: buf[0..<n], as: UTF8.self).hasPrefix("HTTP/1.1 200")
-    }
+    static func healthz(port: UInt16) -> Bool { AgentClient.get(port: port, path: "/healthz")?.status == 200 }
 }

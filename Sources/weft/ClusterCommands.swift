@@ -264,3 +264,72 @@ struct TraceCommand: AsyncParsableCommand {
         if !result.delivered || result.differences > 0 { throw ExitCode(1) }
     }
 }
+
+struct ObserveCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "observe",
+        abstract: "Flows from every node: connections of pods starting and ending, and packets dropped with the reason, named with pods, services and nodes.")
+    @OptionGroup var cluster: ClusterOptions
+    @Option(help: "Only flows of this pod (NAMESPACE/NAME), either end.") var pod: String?
+    @Option(name: .shortAndLong, help: "Only flows with a pod of this namespace at either end.") var namespace: String?
+    @Option(help: "Only flows to this service (NAMESPACE/NAME).") var service: String?
+    @Option(help: "forwarded or dropped.") var verdict: String?
+    @Option(help: "Only flows to this port (the service's or the endpoint's).") var port: UInt16?
+    @Option(help: "Only flows of the last DURATION: 30s, 5m, 1h.") var since: String?
+    @Option(help: "Only flows recorded by this node.") var node: String?
+    @Flag(name: .shortAndLong, help: "Keep printing new flows as they come.") var follow = false
+    @Option(name: .shortAndLong, help: "Output: json (one object per line).") var output: String?
+
+    func validate() throws {
+        if let verdict, Flow.Verdict(rawValue: verdict) == nil { throw ValidationError("--verdict \(verdict): expected forwarded or dropped") }
+        if let since, Self.seconds(since) == nil { throw ValidationError("--since \(since): expected a number with s, m or h, e.g. 30s or 5m") }
+        if let output, output != "json" { throw ValidationError("-o \(output): expected json") }
+    }
+
+    static func seconds(_ s: String) -> Double? {
+        guard let unit = s.last, let n = Double(s.dropLast()) else { return Double(s) }
+        switch unit { case "s": return n; case "m": return n * 60; case "h": return n * 3600; default: return nil }
+    }
+
+    func run() async throws {
+        let state = try LabState.load(cluster.lab)
+        let filter = FlowFilter(pod: pod, namespace: namespace, service: service, verdict: verdict.flatMap(Flow.Verdict.init), port: port,
+                                since: since.flatMap(Self.seconds).map { Self.now() - $0 })
+        var cursors: [String: UInt64] = [:]
+        var unreachable: Set<String> = []
+        repeat {
+            var batch: [Flow] = []
+            for n in state.nodes where node == nil || n.name == node {
+                guard let (flows, next) = try AgentClient.flows(netns: n.netns, since: cursors[n.name] ?? 0) else {
+                    if unreachable.insert(n.name).inserted {
+                        let msg = Array("\(n.name): its agent does not answer on :\(AgentClient.port); its flows are missing\n".utf8)
+                        _ = msg.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+                    }
+                    continue
+                }
+                unreachable.remove(n.name)
+                cursors[n.name] = next
+                batch += flows.filter(filter.matches)
+            }
+            for f in batch.sorted(by: { $0.time < $1.time }) {
+                if output == "json" { print(f.json.serialized()) } else {
+                    print("\(Self.clock(f.time)) \(f.line)")
+                }
+            }
+            fflush(nil)
+            if follow { try await Task.sleep(for: .milliseconds(200)) }
+        } while follow
+    }
+
+    static func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+
+    static func clock(_ t: Double) -> String {
+        var secs = time_t(t)
+        var tm = tm()
+        gmtime_r(&secs, &tm)
+        return String(format: "%02d:%02d:%02d.%03d", tm.tm_hour, tm.tm_min, tm.tm_sec, Int((t - t.rounded(.down)) * 1000))
+    }
+}

@@ -154,4 +154,74 @@ struct ObservabilityTests {
         #expect(r.status != 0 && r.stdout.contains("PROBLEM [node0] drift: table inet weft-policy differs") && r.stdout.contains("chain antispoof: 3 rule(s), 4 meant"), "\(r.stdout)")
         #expect(!r.stdout.contains("[node1]"), "node1 is fine: \(r.stdout)")
     }
+
+    @Test("trace: through a service to a pod on another node, a policy denial named, a hand-made difference from the kernel reported")
+    func trace() throws {
+        let lab = try MultiNodeTests.TestLab(nodes: 3, mode: "vxlan")
+        let apply = try lab.run(["apply", "-f", "-"], stdin: """
+        apiVersion: v1
+        kind: Namespace
+        metadata: {name: x}
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: a, namespace: x, labels: {pod: a}}
+        spec: {nodeName: node0, containers: [{name: c, image: agnhost, ports: [{containerPort: 80, name: web}]}]}
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: b, namespace: x, labels: {pod: b}}
+        spec: {nodeName: node1, containers: [{name: c, image: agnhost, ports: [{containerPort: 80, name: web}]}]}
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: c, namespace: x, labels: {pod: c}}
+        spec: {nodeName: node2, containers: [{name: c, image: agnhost}]}
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {name: web, namespace: x}
+        spec: {selector: {pod: b}, ports: [{port: 8000, targetPort: web}]}
+        ---
+        apiVersion: networking.k8s.io/v1
+        kind: NetworkPolicy
+        metadata: {name: only-a, namespace: x}
+        spec:
+          podSelector: {matchLabels: {pod: b}}
+          ingress: [{from: [{podSelector: {matchLabels: {pod: a}}}], ports: [{port: web}]}]
+        """)
+        try #require(apply.status == 0, "\(apply.stdout)\(apply.stderr)")
+        var r = try CommandResult(status: 1, stdout: "", stderr: "")
+        // Allowed through the service; the trace agrees with what packets do.
+        #expect(Self.eventually(15) { r = (try? lab.run(["trace", "x/a", "svc/x/web:8000"])) ?? r; return r.status == 0 }, "\(r.stdout)\(r.stderr)")
+        #expect(r.stdout.contains("picks one of 1 endpoint(s) at random: b ") && r.stdout.contains("to node1's pod range over VXLAN")
+                && r.stdout.contains("ingress to x/b: allowed by x/only-a") && r.stdout.contains("=> delivered to x/b"), "\(r.stdout)")
+        let vip = try #require(r.stdout.split(separator: "\n").first { $0.contains("route to 10.96.") }?.split(separator: " ").dropFirst(2).first?.dropLast())
+        #expect(try sh(["ip", "netns", "exec", lab.podNS("x", "a"), product("weft"), "probe", "\(vip):8000", "--timeout", "2000"]).stdout.hasPrefix("b "))
+        // Denied: the trace names the isolating policy, and packets agree.
+        r = try lab.run(["trace", "x/c", "x/b:80"])
+        #expect(r.status != 0 && r.stdout.contains("=> dropped on node1: no ingress policy allows it (isolated by x/only-a)"), "\(r.stdout)")
+        let bIP = try #require(r.stdout.split(separator: "\n").first { $0.contains("route to 10.244.") }?.split(separator: " ").dropFirst(2).first?.dropLast())
+        #expect(try sh(["ip", "netns", "exec", lab.podNS("x", "c"), product("weft"), "probe", "\(bIP):80", "--timeout", "1000"]).status != 0)
+        // The same two connections as flows, from every node, named with pods and the service.
+        var flows: [JSONValue] = []
+        #expect(Self.eventually(5) {
+            flows = ((try? lab.run(["observe", "--since", "5m", "-o", "json"]))?.stdout ?? "").split(separator: "\n").compactMap { try? JSONValue.parse(String($0)) }
+            return flows.contains { $0["sourcePod"]?.stringValue == "x/a" && $0["service"]?.stringValue == "x/web" && $0["destinationPod"]?.stringValue == "x/b"
+                && $0["verdict"]?.stringValue == "forwarded" && $0["node"]?.stringValue == "node0" }
+                && flows.contains { $0["sourcePod"]?.stringValue == "x/c" && $0["destinationPod"]?.stringValue == "x/b" && $0["verdict"]?.stringValue == "dropped"
+                    && $0["reason"]?.stringValue == "ingress: no policy allows it; isolated by x/only-a" && $0["node"]?.stringValue == "node1" }
+        }, "\(flows.map { $0.serialized() })")
+        let dropped = try lab.run(["observe", "--verdict", "dropped", "--pod", "x/b"])
+        #expect(dropped.stdout.contains("x/c") && dropped.stdout.contains("DROPPED") && !dropped.stdout.contains("FORWARDED"), "\(dropped.stdout)")
+        let none = try lab.run(["observe", "--namespace", "kube-system"])
+        #expect(none.stdout.isEmpty, "no flow of kube-system pods: \(none.stdout)")
+
+        // A hand-made difference: b taken out of the ingress map on node1 (so the kernel no longer isolates it).
+        _ = try sh(["ip", "netns", "exec", lab.nodeNS(1), "nft", "delete", "element", "inet", "weft-policy", "ingress-pods4", "{", String(bIP), "}"])
+        r = try lab.run(["trace", "x/c", "x/b:80"])
+        #expect(r.stdout.contains("is not in ingress-pods (not isolated)   <-- DIFFERS") && r.stdout.contains("1 difference(s) between the desired state and the kernel"), "\(r.stdout)")
+        let bad = try lab.run(["trace", "x/nobody", "x/b:80"])
+        #expect(bad.status != 0 && bad.stderr.contains("\"x/nobody\" is no running pod, service or node"), "\(bad.stderr)")
+    }
 }
