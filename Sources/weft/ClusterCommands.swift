@@ -1,4 +1,5 @@
 import ArgumentParser
+import WeftAgent
 import WeftCore
 import WeftDatastore
 import WeftLab
@@ -193,7 +194,7 @@ struct Get: AsyncParsableCommand {
 
 struct ConnectivityCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "connectivity",
-        abstract: "Every pod to every pod and each node to its pods, with real packets; fails on a missing pair or a rewritten source.")
+        abstract: "Every pod to every pod and each node to its pods, with real packets, against what the NetworkPolicies allow; fails on a missing pair, a pair policy denies that connects, or a rewritten source.")
     @OptionGroup var cluster: ClusterOptions
     @Option(help: "Only this family: 4 or 6 (default: each pod's first address).") var family: Int?
 
@@ -202,7 +203,8 @@ struct ConnectivityCommand: AsyncParsableCommand {
         let (store, _) = try cluster.open()
         let pods = try await ClusterClient(store: store).list(Keys.pods)
         let fam: IPFamily? = family == 6 ? .v6 : (family == 4 ? .v4 : nil)
-        let result = Connectivity(state: state, weftBinary: siblingExecutable("weft")).run(pods: pods, family: fam)
+        let (policy, _) = try await DesiredState.policyInput(store)
+        let result = Connectivity(state: state, weftBinary: siblingExecutable("weft")).run(pods: pods, family: fam, policy: policy)
         print(result.text)
         if !result.failures.isEmpty { throw ExitCode(1) }
     }
@@ -331,5 +333,37 @@ struct ObserveCommand: AsyncParsableCommand {
         var tm = tm()
         gmtime_r(&secs, &tm)
         return String(format: "%02d:%02d:%02d.%03d", tm.tm_hour, tm.tm_min, tm.tm_sec, Int((t - t.rounded(.down)) * 1000))
+    }
+}
+
+struct PictureCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "picture",
+        abstract: "Draw the lab from live state as one HTML page: host network, nodes with their routes, pods (isolated ones outlined), services and their endpoints; with --matrix, the connectivity matrix probed with real packets.")
+    @OptionGroup var cluster: ClusterOptions
+    @Option(name: .shortAndLong, help: "Where to write the page.") var output = "weft-lab.html"
+    @Flag(help: "Probe every pod pair and draw the matrix (takes a few seconds).") var matrix = false
+
+    func run() async throws {
+        let state = try LabState.load(cluster.lab)
+        let (store, _) = try cluster.open()
+        let nodes = try await store.list(prefix: Keys.nodes).items.compactMap { (try? KubeObject(bytes: $0.value)).flatMap(NodeInfo.init) }
+        let live = Set(try await store.list(prefix: Keys.nodeLeases).items.map { String($0.key.dropFirst(Keys.nodeLeases.count)) })
+        let podObjects = try await ClusterClient(store: store).list(Keys.pods)
+        let (policy, _) = try await DesiredState.policyInput(store)
+        let services = try await DesiredState.serviceEntries(store)
+        var views: [LabPicture.NodeView] = []
+        for n in state.nodes {
+            guard let info = nodes.first(where: { $0.name == n.name }) else { continue }
+            let out = try? Subprocess.run("/usr/sbin/ip", arguments: ["-n", n.netns, "route", "show", "proto", "\(RouteEntry.weftProtocol)"],
+                                          environment: ["PATH": "/usr/sbin:/usr/bin"], stdin: [])
+            let routes = out.map { String(decoding: $0.stdout, as: UTF8.self).split(separator: "\n").map(String.init) } ?? []
+            views.append(.init(info: info, live: live.contains(n.name), routes: routes))
+        }
+        let probed = matrix ? Connectivity(state: state, weftBinary: siblingExecutable("weft")).run(pods: podObjects, policy: policy) : nil
+        let page = LabPicture(lab: state.name, mode: state.mode, nodes: views, pods: podObjects.compactMap(PolicyPod.init), services: services,
+                              policy: policy, matrix: probed).html
+        try Files.writeAtomically(output, Array(page.utf8))
+        print("wrote \(output): \(views.count) node(s), \(podObjects.count) pod(s), \(services.count) service(s)\(probed.map { ", \($0.pairs - $0.failures.count)/\($0.pairs) pairs as expected" } ?? "")")
+        if let probed, !probed.failures.isEmpty { throw ExitCode(1) }
     }
 }

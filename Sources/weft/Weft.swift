@@ -11,7 +11,7 @@ import Glibc
 struct Weft: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Weft: Kubernetes pod networking.",
-        subcommands: [LabCommand.self, Apply.self, Get.self, Delete.self, ConnectivityCommand.self, DoctorCommand.self, TraceCommand.self, ObserveCommand.self, Agent.self, Runtime.self,
+        subcommands: [LabCommand.self, Apply.self, Get.self, Delete.self, ConnectivityCommand.self, DoctorCommand.self, TraceCommand.self, ObserveCommand.self, PictureCommand.self, Agent.self, Runtime.self,
                        Demo.self, Serve.self, Probe.self])
 }
 

@@ -96,8 +96,12 @@ struct ConntrackEventsKernelTests {
             try check(lab.inNode(["sysctl", "-w", "net.netfilter.\(setting)"]))
         }
         // Conntrack hooks a namespace only once something there uses it: this rule does.
-        let rules = "table inet t { chain o { type filter hook output priority 0; ct state new counter; } }"
-        if getenv("CTEV_NORULE") == nil { try check(sh(["ip", "netns", "exec", lab.node, "nft", "-f", "-"], stdin: rules)) }
+        let rules = """
+            table inet t {
+                chain o { type filter hook output priority 0; ct state new counter; }
+            }
+            """
+        try check(sh(["ip", "netns", "exec", lab.node, "nft", "-f", "-"], stdin: rules))
 
         let ns = try NetworkNamespace(path: "/run/netns/\(lab.node)")
         let all = try ns.run { try ConntrackEvents(update: true) }
@@ -133,9 +137,10 @@ struct ConntrackEventsKernelTests {
         let deadline = NFULNetlink.monotonicMilliseconds() + 30_000
         while NFULNetlink.monotonicMilliseconds() < deadline, !seen.contains(where: { $0.kind == .destroy && $0.entry.original == Self.tcpFlow }) {
             seen += try all.receive(timeoutMilliseconds: 500)
-            _ = try conntrack.entries(matching: ConntrackFilter(family: .v4, proto: .tcp))
+            if getenv("CTEV_NODUMP") == nil { _ = try conntrack.entries(matching: ConntrackFilter(family: .v4, proto: .tcp)) }
         }
         seenByDefaults += try defaults.receive(timeoutMilliseconds: 100)
+        print("CTEV", 30_000 - (deadline - NFULNetlink.monotonicMilliseconds()), seen.map { "\($0.kind) \($0.entry) \(String(describing: $0.originalPackets)) \(String(describing: $0.originalBytes)) \(String(describing: $0.replyPackets)) \(String(describing: $0.replyBytes))" })
         let tcp = seen.filter { $0.entry.original == Self.tcpFlow }
 
         let new = try #require(tcp.first { $0.kind == .new }, "no NEW for \(Self.tcpFlow) in \(seen)")

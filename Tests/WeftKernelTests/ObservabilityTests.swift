@@ -217,6 +217,16 @@ struct ObservabilityTests {
         let none = try lab.run(["observe", "--namespace", "kube-system"])
         #expect(none.stdout.isEmpty, "no flow of kube-system pods: \(none.stdout)")
 
+        // The picture: nodes with their kernel routes, pods (b outlined as isolated), the service,
+        // and the matrix probed with packets: c to b denied as the policy says, the rest reached.
+        let page = "/run/weft/lab/\(lab.name)/picture.html"
+        let pic = try lab.run(["picture", "--matrix", "-o", page])
+        #expect(pic.status == 0 && pic.stdout.contains("9/9 pairs as expected"), "\(pic.stdout)\(pic.stderr)")
+        let html = try Files.readString(page)
+        #expect(html.contains("x/b") && html.contains("ingress isolated by x/only-a") && html.contains("svc x/web") && html.contains("dev weft.vxlan"))
+        #expect(html.components(separatedBy: "class='denied'").count - 1 == 1 && html.components(separatedBy: "class='ok'").count - 1 == 5
+                && !html.contains("class='wrong'"), "one pair denied (c to b), five reached")
+
         // A hand-made difference: b taken out of the ingress map on node1 (so the kernel no longer isolates it).
         _ = try sh(["ip", "netns", "exec", lab.nodeNS(1), "nft", "delete", "element", "inet", "weft-policy", "ingress-pods4", "{", String(bIP), "}"])
         r = try lab.run(["trace", "x/c", "x/b:80"])
