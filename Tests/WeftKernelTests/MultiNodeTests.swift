@@ -88,7 +88,7 @@ struct MultiNodeTests {
         try #require(apply.status == 0, "\(apply.stdout)\(apply.stderr)")
         let c = try lab.run(["connectivity"])
         #expect(c.status == 0, "\(c.stdout)\(c.stderr)")
-        #expect(c.stdout.contains("36/36 pairs reached"), "30 pod pairs + 6 node-to-own-pod: \(c.stdout)")
+        #expect(c.stdout.contains("36/36 pairs as expected"), "30 pod pairs + 6 node-to-own-pod: \(c.stdout)")
 
         // kubectl-shaped output.
         let pods = try #require(try lab.run(["get", "pods", "-A", "-o", "json"]).json)
