@@ -137,10 +137,9 @@ struct ConntrackEventsKernelTests {
         let deadline = NFULNetlink.monotonicMilliseconds() + 30_000
         while NFULNetlink.monotonicMilliseconds() < deadline, !seen.contains(where: { $0.kind == .destroy && $0.entry.original == Self.tcpFlow }) {
             seen += try all.receive(timeoutMilliseconds: 500)
-            if getenv("CTEV_NODUMP") == nil { _ = try conntrack.entries(matching: ConntrackFilter(family: .v4, proto: .tcp)) }
+            _ = try conntrack.entries(matching: ConntrackFilter(family: .v4, proto: .tcp))
         }
         seenByDefaults += try defaults.receive(timeoutMilliseconds: 100)
-        print("CTEV", 30_000 - (deadline - NFULNetlink.monotonicMilliseconds()), seen.map { "\($0.kind) \($0.entry) \(String(describing: $0.originalPackets)) \(String(describing: $0.originalBytes)) \(String(describing: $0.replyPackets)) \(String(describing: $0.replyBytes))" })
         let tcp = seen.filter { $0.entry.original == Self.tcpFlow }
 
         let new = try #require(tcp.first { $0.kind == .new }, "no NEW for \(Self.tcpFlow) in \(seen)")
@@ -153,10 +152,10 @@ struct ConntrackEventsKernelTests {
         let destroy = try #require(tcp.first { $0.kind == .destroy }, "no DESTROY for \(Self.tcpFlow) in \(seen)")
         #expect(destroy.entry.id == new.entry.id)
         #expect(destroy.entry.reply == new.entry.reply)
-        // Client: SYN, ACK, data, FIN, ACK at least; server: SYN-ACK, ACK, data, FIN.
-        #expect((destroy.originalPackets ?? 0) >= 4, "\(destroy)")
+        // At least, client: SYN, ACK, data, FIN, last ACK; server: SYN-ACK, data, FIN (its ACKs may ride along).
+        #expect((destroy.originalPackets ?? 0) >= 5, "\(destroy)")
         #expect((destroy.replyPackets ?? 0) >= 3, "\(destroy)")
-        #expect((destroy.originalBytes ?? 0) > 4 * 40 && (destroy.replyBytes ?? 0) > 3 * 40, "\(destroy)")
+        #expect((destroy.originalBytes ?? 0) > 5 * 40 && (destroy.replyBytes ?? 0) > 3 * 40, "\(destroy)")
 
         let udp = try #require(seen.first { $0.kind == .new && $0.entry.original.proto == .udp }, "no UDP NEW in \(seen)")
         #expect(udp.entry.original == Self.udpFlow)
