@@ -41,8 +41,9 @@ final class AgentHTTPServer: Sendable {
         var query: [String: String] = [:]
         if parts.count == 2 {
             for pair in parts[1].split(separator: "&") {
-                let kv = pair.split(separator: "=", maxSplits: 1).map { String($0).removingPercentEncoding() }
-                query[kv[0]] = kv.count == 2 ? kv[1] : ""
+                let kv = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map { String($0).removingPercentEncoding() }
+                guard let key = kv.first, !key.isEmpty else { continue }
+                query[key] = kv.count == 2 ? kv[1] : ""
             }
         }
         return Request(path: parts.first.map(String.init) ?? "/", query: query)

@@ -18,6 +18,12 @@ func wakeOnChanges(_ store: any Datastore, prefix: String, logger: Logger, metri
     }
 }
 
+/// For best-effort tasks in a task group that ends when any child returns: after giving up,
+/// they wait here until the group is cancelled instead of ending it.
+func waitForCancellation() async {
+    while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
+}
+
 /// Renews `lease` at a third of its TTL while `holds()` is true; returns when it is not, and
 /// throws `.leaseNotFound` once the lease is lost. For the keys an agent keeps alive with a
 /// lease of their own (the EndpointSlice controller's leadership, the DNS endpoint).

@@ -33,7 +33,8 @@ final class FlowRecorder: Sendable {
     func record(_ flow: Flow) {
         var f = flow
         names.withLock { n in
-            f.sourcePod = f.sourcePod ?? n.pods[f.source]
+            // A spoofed source names an innocent pod: leave it unnamed (the reason names the interface).
+            if f.event != "spoofed" { f.sourcePod = f.sourcePod ?? n.pods[f.source] }
             f.service = f.service ?? n.services[f.destination]
             f.destinationPod = f.destinationPod ?? n.pods[f.translated ?? f.destination]
         }
@@ -41,12 +42,20 @@ final class FlowRecorder: Sendable {
             f.seq = r.next
             r.next += 1
             r.flows.append(f)
-            if r.flows.count > capacity { r.flows.removeFirst(r.flows.count - capacity) }
+            // Trimmed in chunks: one removeFirst per event would move the whole ring each time.
+            if r.flows.count > capacity + capacity / 4 { r.flows.removeFirst(r.flows.count - capacity) }
         }
     }
 
-    func flows(after seq: UInt64) -> (flows: [Flow], next: UInt64) {
-        ring.withLock { r in (r.flows.filter { $0.seq > seq }, r.next - 1) }
+    /// At most `limit` flows after `seq` (sequence numbers ascend: binary search), and the
+    /// cursor for the next call (the last flow returned; the newest when none is).
+    func flows(after seq: UInt64, limit: Int = 5000) -> (flows: [Flow], next: UInt64) {
+        ring.withLock { r in
+            var lo = 0, hi = r.flows.count
+            while lo < hi { let mid = (lo + hi) / 2; if r.flows[mid].seq <= seq { lo = mid + 1 } else { hi = mid } }
+            let slice = Array(r.flows[lo..<min(r.flows.count, lo + limit)])
+            return (slice, slice.last?.seq ?? (r.next - 1))
+        }
     }
 
     /// Whether an entry concerns a pod or a service: the node's own traffic (to the datastore,
@@ -62,7 +71,7 @@ final class FlowRecorder: Sendable {
         let events: ConntrackEvents
         do { events = try open() } catch {
             logger.error("cannot follow conntrack events; weft observe shows denials only", metadata: ["error": "\(error)"])
-            return
+            return await waitForCancellation()
         }
         let stop = Atomic(false)
         await withTaskCancellationHandler {
@@ -80,6 +89,8 @@ final class FlowRecorder: Sendable {
         } onCancel: {
             stop.store(true, ordering: .relaxed)
         }
+        if !Task.isCancelled { logger.error("reading conntrack events failed; weft observe shows denials only") }
+        await waitForCancellation()
     }
 
     func flow(_ ev: ConntrackEvent) -> Flow {

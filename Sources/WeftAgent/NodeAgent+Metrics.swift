@@ -6,7 +6,8 @@ extension NodeAgent {
     /// What the metrics read by polling, every `period`: the CNI plugin's event log (from where
     /// the last read ended), IPAM use, conntrack, the policy table's drop counters.
     func collectMetrics(ranges: [IPRange], period: Duration = .seconds(2)) async {
-        var offset = 0
+        // Events from before this agent started were counted by its predecessor, if at all.
+        var offset = (try? Files.read(config.cniEventLog).count) ?? 0
         let nft = LibNFTables()
         while !Task.isCancelled {
             offset = readCNIEvents(from: offset)
@@ -52,7 +53,8 @@ extension NodeAgent {
                 while !Task.isCancelled {
                     do {
                         let (_, rev) = try await self.store.list(prefix: key)
-                        for try await e in self.store.watch(prefix: key, afterRevision: rev) {
+                        // The key is a prefix of others' (node1 of node10): only ours counts.
+                        for try await e in self.store.watch(prefix: key, afterRevision: rev) where e.kv.key == key {
                             if let at = await sent.take(String(decoding: e.kv.value, as: UTF8.self)) { self.metrics.watchLag(ContinuousClock.now - at) }
                         }
                     } catch is CancellationError { return } catch {

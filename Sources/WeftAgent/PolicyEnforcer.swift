@@ -99,11 +99,11 @@ final class PolicyEnforcer: Sendable {
     private func explainDenials() async {
         let log: NFLog
         do {
-            guard let l = try openLog() else { return }
+            guard let l = try openLog() else { return await waitForCancellation() }
             log = l
         } catch {
             logger.error("cannot read denied packets (nflog); verdicts are still counted, not explained", metadata: ["error": "\(error)"])
-            return
+            return await waitForCancellation()
         }
         let (packets, sink) = AsyncStream.makeStream(of: LoggedPacket.self, bufferingPolicy: .bufferingNewest(1000))
         let stop = Stop()
@@ -126,12 +126,14 @@ final class PolicyEnforcer: Sendable {
                 self.metrics.denialLogged(d)
                 var f = Flow(event: d.direction == "spoofed" ? "spoofed" : "denied", verdict: .dropped, time: Date().timeIntervalSince1970, node: self.node,
                              proto: d.proto, source: p.source, sourcePort: p.sourcePort, destination: p.destination, destinationPort: p.destinationPort)
-                f.reason = d.direction == "spoofed" ? "source address not the pod's" : "\(d.direction): no policy allows it; isolated by \(d.policies.joined(separator: ", "))"
+                f.reason = d.direction == "spoofed" ? "source address not the pod's; sent by the pod behind \(d.interface ?? "?")" : "\(d.direction): no policy allows it; isolated by \(d.policies.joined(separator: ", "))"
                 self.flows?.record(f)
                 self.logger.notice("\(d.summary)", metadata: d.metadata.mapValues { .string($0) })
             }
         } onCancel: {
             stop.flag.store(true, ordering: .relaxed)
         }
+        // The reader stopped on an error: this best-effort task must not end the agent's group.
+        await waitForCancellation()
     }
 }

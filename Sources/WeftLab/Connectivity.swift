@@ -107,6 +107,11 @@ public struct Connectivity {
 
     /// Runs every probe concurrently; nil where the probe succeeded, else the reason.
     func probeAll(_ jobs: [(from: String, to: Target, expectSource: String?)]) -> [String?] {
+        // In batches: each probe holds two pipes, and the descriptor limit is finite.
+        stride(from: 0, to: jobs.count, by: 64).flatMap { probeBatch(Array(jobs[$0..<min(jobs.count, $0 + 64)])) }
+    }
+
+    func probeBatch(_ jobs: [(from: String, to: Target, expectSource: String?)]) -> [String?] {
         var running: [(Process, Pipe, Pipe)] = []
         for j in jobs {
             let p = Process()

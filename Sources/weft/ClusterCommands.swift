@@ -287,8 +287,10 @@ struct ObserveCommand: AsyncParsableCommand {
         if let output, output != "json" { throw ValidationError("-o \(output): expected json") }
     }
 
+    /// "30s", "5m", "1h", or plain seconds.
     static func seconds(_ s: String) -> Double? {
-        guard let unit = s.last, let n = Double(s.dropLast()) else { return Double(s) }
+        if let n = Double(s) { return n }
+        guard let unit = s.last, let n = Double(s.dropLast()) else { return nil }
         switch unit { case "s": return n; case "m": return n * 60; case "h": return n * 3600; default: return nil }
     }
 
@@ -309,7 +311,8 @@ struct ObserveCommand: AsyncParsableCommand {
                     continue
                 }
                 unreachable.remove(n.name)
-                cursors[n.name] = next
+                // A restarted agent numbers its flows from 1 again.
+                cursors[n.name] = next < (cursors[n.name] ?? 0) ? 0 : next
                 batch += flows.filter(filter.matches)
             }
             for f in batch.sorted(by: { $0.time < $1.time }) {

@@ -53,6 +53,10 @@ struct NetworkPolicyTests {
         expectError(#"{"podSelector":{},"ingress":[{"from":[{}]}]}"#, mentioning: ["from[0] is empty"])
         expectError(#"{"podSelector":{},"policyTypes":["Ingres"]}"#, mentioning: ["spec.policyTypes[0]", "\"Ingress\" or \"Egress\""])
         expectError(#"{"podSelector":{},"ingress":{}}"#, mentioning: ["spec.ingress is an object", "list of rules"])
+        expectError(#"{"podSelector":{},"ingres":[{}]}"#, mentioning: ["spec: unknown field \"ingres\"", "podSelector, policyTypes, ingress, egress"])
+        expectError(#"{"podSelector":{},"ingress":[{"from":[{"namespaceSelecter":{}}]}]}"#, mentioning: ["spec.ingress[0].from[0]: unknown field \"namespaceSelecter\""])
+        expectError(#"{"podSelector":{},"ingress":[{"ports":[{"port":"80"}]}]}"#, mentioning: ["ports[0].port \"80\" is a string", "without quotes"])
+        expectError(#"{"podSelector":{},"ingress":[{"from":[{"ipBlock":{"cidr":10}}]}]}"#, mentioning: ["ipBlock.cidr is a number", "CIDR string"])
     }
 
     // MARK: the table
@@ -130,3 +134,31 @@ struct PolicyVerdictTests {
         #expect(spoof.pod == nil && spoof.summary.contains("the pod behind weft0123456789a sent from 10.0.2.3"), "a spoofed source blames nobody by address")
     }
 }
+
+struct PolicyEdgeTests {
+    typealias T = NetworkPolicyTests
+
+    @Test func nodeDNSStandInsAreDestinationsOnTheirPortsOnly() throws {
+        let egress = try T.policy(#"{"podSelector":{},"policyTypes":["Egress","Ingress"],"egress":[{"to":[{"namespaceSelector":{}}]}],"ingress":[{"from":[{"namespaceSelector":{}}]}]}"#, namespace: "a")
+        let dns = PolicyPod(namespace: "kube-system", name: "kube-dns-n1", labels: ["k8s-app": "kube-dns"], addresses: [ip("192.168.100.11")],
+                            node: "n1", namedPorts: ["dns/UDP": 53, "dns-tcp/TCP": 53], selectable: false)
+        let input = PolicyRules.Input(policies: [egress], pods: [T.pod("a", "x", [:], "10.0.1.2"), dns], namespaces: T.ns)
+        let m = PolicyRules.model(input, node: "n1")
+        let peers = m.sets.filter { $0.key.hasPrefix("peer-") && $0.key.hasSuffix("-4") }
+        #expect(peers.values.allSatisfy { !$0.elements.keys.contains("192.168.100.11") }, "the node address is no plain peer")
+        #expect(m.sets.first { $0.key.hasSuffix("-4-ports") }?.value.elements.keys.sorted() == ["192.168.100.11 . tcp . 53", "192.168.100.11 . udp . 53"])
+        #expect(m.chains["np/a/p/ingress"]!.rules.allSatisfy { !$0.contains("-ports") }, "never a source")
+        let x = input.pods[0]
+        #expect(input.verdict(.egress, pod: x, peer: ip("192.168.100.11"), peerPod: dns, port: 53, proto: "UDP").allowed)
+        #expect(!input.verdict(.egress, pod: x, peer: ip("192.168.100.11"), peerPod: dns, port: 22, proto: "TCP").allowed, "not ssh on the node")
+    }
+
+    @Test func finishedPodsAreNotPodsAndLongNamesFitTheKernel() throws {
+        let j = try JSONValue.parse(#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"done","namespace":"a"},"spec":{},"status":{"phase":"Succeeded","podIP":"10.0.1.9"}}"#)
+        #expect(PolicyPod(KubeObject(json: j)) == nil, "its address may already be another pod's")
+        let long = try T.policy(#"{"podSelector":{},"ingress":[{"ports":[{"port":"web"}]}]}"#, name: Array(repeating: String(repeating: "n", count: 61), count: 4).joined(separator: "."), namespace: String(repeating: "s", count: 63))
+        let m = PolicyRules.model(.init(policies: [long], pods: [T.pod(String(repeating: "s", count: 63), "x", [:], "10.0.1.2", ports: ["web/TCP": 80])], namespaces: [:]), node: "n1")
+        #expect((Array(m.chains.keys) + Array(m.sets.keys)).allSatisfy { $0.utf8.count < 256 }, "chain and set names within NFT_NAME_MAXLEN")
+    }
+}
+

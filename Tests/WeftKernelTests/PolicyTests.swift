@@ -364,6 +364,10 @@ struct PolicyTests {
         let spoofed = try sh(["ip", "netns", "exec", w.ns("x/a"), "ping", "-c", "2", "-W", "1", "-I", zc, xb])
         let honest = try sh(["ip", "netns", "exec", w.ns("x/a"), "ping", "-c", "1", "-W", "2", xb])
         #expect(spoofed.status != 0, "a spoofed source must not get through: \(spoofed.stdout)")
+        // The ping's reply would go to the real z/c anyway: the proof is the drop counter of x/a's node.
+        let counter = try sh(["ip", "netns", "exec", lab.nodeNS(node), "nft", "list", "counter", "inet", "weft-policy", "spoofed"]).stdout
+        let dropped = counter.components(separatedBy: "packets ").dropFirst().first.flatMap { Int($0.prefix { $0.isNumber }) } ?? 0
+        #expect(dropped >= 2, "both spoofed echo requests dropped at the pod's interface: \(counter)")
         #expect(honest.status == 0, "\(honest.stdout)")
         #expect(Self.eventually(10) { log().contains("spoofed packet dropped") && log().contains("sent from \(zc)") })
     }

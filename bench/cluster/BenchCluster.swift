@@ -9,5 +9,5 @@ struct BenchCluster: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "weft-bench-cluster",
         abstract: "Cluster benchmarks on weft's lab: throughput, convergence, footprint.",
-        subcommands: [Throughput.self, Convergence.self, Footprint.self, ServicePath.self])
+        subcommands: [Throughput.self, Convergence.self, Footprint.self, ServicePath.self, PolicyBench.self, ObservabilityBench.self])
 }

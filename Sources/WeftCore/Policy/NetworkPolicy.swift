@@ -55,6 +55,7 @@ public struct LabelSelector: Sendable, Hashable, CustomStringConvertible {
     /// Parses a `metav1.LabelSelector`; `field` names it in errors (`spec.podSelector`).
     public init(json: JSONValue, field: String) throws(ManifestError) {
         guard json.objectMembers != nil else { throw ManifestError("\(field) is \(json.kindName); expected an object with matchLabels and/or matchExpressions") }
+        try checkKnown(json, ["matchLabels", "matchExpressions"], field: field)
         var labels: [String: String] = [:]
         if let ml = json["matchLabels"], !ml.isNull {
             guard let members = ml.objectMembers else { throw ManifestError("\(field).matchLabels is \(ml.kindName); expected an object of label keys to values") }
@@ -70,6 +71,7 @@ public struct LabelSelector: Sendable, Hashable, CustomStringConvertible {
             guard let items = me.arrayValue else { throw ManifestError("\(field).matchExpressions is \(me.kindName); expected a list") }
             for (i, e) in items.enumerated() {
                 let f = "\(field).matchExpressions[\(i)]"
+                try checkKnown(e, ["key", "operator", "values"], field: f)
                 guard let key = e["key"]?.stringValue else { throw ManifestError("\(f).key is missing; give the label key to test") }
                 try LabelSelector.checkKey(key, field: "\(f).key")
                 let opText = e["operator"]?.stringValue ?? ""
@@ -119,6 +121,14 @@ public struct LabelSelector: Sendable, Hashable, CustomStringConvertible {
         func alnum(_ b: UInt8) -> Bool { (b >= 97 && b <= 122) || (b >= 65 && b <= 90) || (b >= 48 && b <= 57) }
         guard !u.isEmpty else { return true }
         return u.count <= 63 && alnum(u[0]) && alnum(u[u.count - 1]) && u.allSatisfy { alnum($0) || $0 == 45 || $0 == 95 || $0 == 46 }
+    }
+}
+
+/// Kubernetes rejects fields it does not know (kubectl's strict validation): a typo such as
+/// `ingres` would otherwise silently turn into "no ingress rules", that is deny-all.
+func checkKnown(_ j: JSONValue, _ known: [String], field: String) throws(ManifestError) {
+    for (k, _) in j.objectMembers ?? [] where !known.contains(where: { $0.lowercased() == k.lowercased() }) {
+        throw ManifestError("\(field): unknown field \"\(k)\"; expected \(known.joined(separator: ", "))")
     }
 }
 
@@ -182,6 +192,7 @@ public struct NetworkPolicy: Sendable, Hashable {
             throw ManifestError("\(w): metadata.name \"\(o.name)\" is not valid; expected a lowercase DNS subdomain (letters, digits, '-', '.')")
         }
         let spec = o.spec
+        do { try checkKnown(spec, ["podSelector", "policyTypes", "ingress", "egress"], field: "spec") } catch { throw ManifestError("\(w): \(error.description)") }
         func wrap<T>(_ body: () throws(ManifestError) -> T) throws(ManifestError) -> T {
             do { return try body() } catch { throw ManifestError("\(w): \(error.description)") }
         }
@@ -214,6 +225,7 @@ public struct NetworkPolicy: Sendable, Hashable {
         for (i, r) in items.enumerated() {
             let f = "\(field)[\(i)]"
             guard r.objectMembers != nil else { throw ManifestError("\(f) is \(r.kindName); expected an object with \(peersKey) and/or ports") }
+            try checkKnown(r, [peersKey, "ports"], field: f)
             var rule = Rule()
             if let ps = r[peersKey], !ps.isNull {
                 guard let arr = ps.arrayValue else { throw ManifestError("\(f).\(peersKey) is \(ps.kindName); expected a list of peers") }
@@ -230,13 +242,16 @@ public struct NetworkPolicy: Sendable, Hashable {
 
     static func peer(_ p: JSONValue, field f: String) throws(ManifestError) -> Peer {
         guard p.objectMembers != nil else { throw ManifestError("\(f) is \(p.kindName); expected an object with podSelector, namespaceSelector or ipBlock") }
+        try checkKnown(p, ["podSelector", "namespaceSelector", "ipBlock"], field: f)
         func present(_ k: String) -> JSONValue? { p[k].flatMap { $0.isNull ? nil : $0 } }
         let pod = present("podSelector"), ns = present("namespaceSelector"), block = present("ipBlock")
         if let block {
             guard pod == nil, ns == nil else {
                 throw ManifestError("\(f): ipBlock cannot be combined with podSelector or namespaceSelector; use separate peers")
             }
-            guard let cidrText = block["cidr"]?.stringValue else { throw ManifestError("\(f).ipBlock.cidr is missing; give a CIDR such as 10.0.0.0/16") }
+            try checkKnown(block, ["cidr", "except"], field: "\(f).ipBlock")
+            guard let c = block["cidr"], !c.isNull else { throw ManifestError("\(f).ipBlock.cidr is missing; give a CIDR such as 10.0.0.0/16") }
+            guard let cidrText = c.stringValue else { throw ManifestError("\(f).ipBlock.cidr is \(c.kindName); expected a CIDR string such as \"10.0.0.0/16\"") }
             guard let cidr = IPNetwork(cidrText), cidrText.contains("/") else {
                 throw ManifestError("\(f).ipBlock.cidr \"\(cidrText)\" is not a CIDR; expected an address and prefix length such as 10.0.0.0/16 or fd00::/64")
             }
@@ -266,6 +281,7 @@ public struct NetworkPolicy: Sendable, Hashable {
 
     static func port(_ p: JSONValue, field f: String) throws(ManifestError) -> Port {
         guard p.objectMembers != nil else { throw ManifestError("\(f) is \(p.kindName); expected an object with protocol, port and endPort") }
+        try checkKnown(p, ["protocol", "port", "endPort"], field: f)
         let protoText = p["protocol"].flatMap { $0.isNull ? nil : $0 }.map { $0.stringValue ?? $0.serialized() } ?? "TCP"
         guard ["TCP", "UDP", "SCTP"].contains(protoText) else {
             throw ManifestError("\(f).protocol \"\(protoText)\" is not supported; expected TCP, UDP or SCTP")
@@ -276,10 +292,9 @@ public struct NetworkPolicy: Sendable, Hashable {
                 guard (1...65535).contains(n) else { throw ManifestError("\(f).port \(n) is out of range; expected a port number from 1 to 65535 or a port name") }
                 out.port = .number(UInt16(n))
             } else if let s = v.stringValue {
-                if let n = Int(s) {
-                    // An IntOrString given as a numeric string is a number (Kubernetes parses it so).
-                    guard (1...65535).contains(n) else { throw ManifestError("\(f).port \(n) is out of range; expected a port number from 1 to 65535 or a port name") }
-                    out.port = .number(UInt16(n))
+                if Int(s) != nil {
+                    // A string is a port name, and a name needs a letter (as the API server checks).
+                    throw ManifestError("\(f).port \"\(s)\" is a string, so a port name, and a name needs a letter; write the number without quotes")
                 } else {
                     guard isPortName(s) else {
                         throw ManifestError("\(f).port \"\(s)\" is not a valid port name; expected at most 15 lowercase letters, digits and '-' with at least one letter, or a number from 1 to 65535")

@@ -23,7 +23,7 @@ public enum PolicyRules {
     /// The nflog group denied packets are logged to (one per network namespace).
     public static let logGroup: UInt16 = 4210
     public static let logPrefix = "weft-policy "
-    /// Logged denials per second per node (counters count every packet).
+    /// Logged packets per second per reason (ingress, egress, spoofed) per node; counters count every packet.
     public static let logRate = 50
 
     static let families: [(IPFamily, String, String)] = [(.v4, "ip", "4"), (.v6, "ip6", "6")]
@@ -65,8 +65,15 @@ public enum PolicyRules {
         }
     }
 
-    public static func chainName(_ p: NetworkPolicy, _ d: NetworkPolicy.Direction) -> String { "np/\(p.namespace)/\(p.name)/\(d == .ingress ? "ingress" : "egress")" }
-    public static func podsSet(_ p: NetworkPolicy, _ fam: String) -> String { "np/\(p.namespace)/\(p.name)/pods\(fam)" }
+    /// The prefix of a policy's chains and sets: readable, `np/NAMESPACE/NAME`, unless that
+    /// would take names past the kernel's 256 bytes (a namespace of 63 and a name of 253 can):
+    /// then a digest of it.
+    static func prefix(_ p: NetworkPolicy) -> String {
+        let readable = "np/\(p.namespace)/\(p.name)"
+        return readable.utf8.count <= 200 ? readable : "np/" + hex16(fnv1a64(readable))
+    }
+    public static func chainName(_ p: NetworkPolicy, _ d: NetworkPolicy.Direction) -> String { "\(prefix(p))/\(d == .ingress ? "ingress" : "egress")" }
+    public static func podsSet(_ p: NetworkPolicy, _ fam: String) -> String { "\(prefix(p))/pods\(fam)" }
 
     public static func model(_ input: Input, node: String) -> TableModel {
         var m = TableModel(name: table)
@@ -158,12 +165,31 @@ public enum PolicyRules {
                     case .pods(let ps, let nss):
                         let key = "pods \(ps?.description ?? "<all>") in " + (nss.map { "namespaces \($0)" } ?? "namespace \(p.namespace)")
                         let name = "peer-\(hex16(fnv1a64(key + "|" + (nss == nil ? p.namespace : ""))))-\(fam)"
+                        let matched = input.pods(of: peer, policyNamespace: p.namespace)
                         if m.sets[name] == nil {
-                            let addrs = input.pods(of: peer, policyNamespace: p.namespace).flatMap(\.addresses).filter { $0.family == family }
+                            let addrs = matched.filter(\.selectable).flatMap(\.addresses).filter { $0.family == family }
                             m.sets[name] = .init(spec: "type \(family == .v4 ? "ipv4_addr" : "ipv6_addr") ; comment \(TableModel.quoted(String(key.prefix(120)))) ;",
                                                  elements: Dictionary(addrs.map { ($0.description, "") }, uniquingKeysWith: { a, _ in a }))
                         }
                         peers.append("\(nfam) \(peerField) @\(name)")
+                        // Peer-only stand-ins (the node DNS resolvers, at node addresses) are
+                        // destinations for their own ports only, never sources.
+                        let standIns = matched.filter { !$0.selectable }
+                        if d == .egress && !standIns.isEmpty {
+                            let svcName = name + "-ports"
+                            if m.sets[svcName] == nil {
+                                var elements: [String] = []
+                                for sp in standIns {
+                                    for (k, port) in sp.namedPorts {
+                                        let proto = k.split(separator: "/").last.map { $0.lowercased() } ?? "tcp"
+                                        for a in sp.addresses where a.family == family { elements.append("\(a) . \(proto) . \(port)") }
+                                    }
+                                }
+                                m.sets[svcName] = .init(spec: "type \(family == .v4 ? "ipv4_addr" : "ipv6_addr") . inet_proto . inet_service ; comment \(TableModel.quoted(String(("served ports of " + key).prefix(120)))) ;",
+                                                        elements: Dictionary(elements.map { ($0, "") }, uniquingKeysWith: { a, _ in a }))
+                            }
+                            peers.append("\(nfam) daddr . meta l4proto . th dport @\(svcName)")
+                        }
                     }
                 }
                 guard !peers.isEmpty else { continue }   // only peers of the other family
@@ -184,7 +210,7 @@ public enum PolicyRules {
                             guard let num = pod.namedPorts["\(n)/\(port.proto)"] else { continue }
                             for a in pod.addresses where a.family == family { elements.append("\(a) . \(l4) . \(num)") }
                         }
-                        let name = "np/\(p.namespace)/\(p.name)/\(dir)/\(i)/port/\(k)/\(fam)"
+                        let name = "\(prefix(p))/\(dir)/\(i)/port/\(k)/\(fam)"
                         m.sets[name] = .init(spec: "type \(family == .v4 ? "ipv4_addr" : "ipv6_addr") . inet_proto . inet_service ; comment \(TableModel.quoted("\(port.proto) port \(n)")) ;",
                                              elements: Dictionary(elements.map { ($0, "") }, uniquingKeysWith: { a, _ in a }))
                         ports.append("\(nfam) daddr . meta l4proto . th dport @\(name)")
@@ -222,10 +248,12 @@ public struct PolicyPod: Sendable, Hashable {
         self.node = node; self.namedPorts = namedPorts; self.selectable = selectable
     }
 
-    /// Nil for pods policy cannot tell apart: without an address yet, or on the host network
-    /// (their address is their node's).
+    /// Nil for pods policy cannot tell apart: without an address yet, on the host network
+    /// (their address is their node's), or finished.
     public init?(_ o: KubeObject) {
         guard o.spec["hostNetwork"]?.boolValue != true else { return nil }
+        // A finished pod's address goes back to IPAM and may soon be another pod's.
+        guard !["Succeeded", "Failed"].contains(o.status["phase"]?.stringValue ?? "") else { return nil }
         var ips = (o.status["podIPs"]?.arrayValue ?? []).compactMap { $0["ip"]?.stringValue.flatMap(IPAddress.init) }
         if ips.isEmpty, let one = o.status["podIP"]?.stringValue.flatMap(IPAddress.init) { ips = [one] }
         guard !ips.isEmpty else { return nil }
@@ -269,6 +297,10 @@ extension PolicyRules.Input {
                         return cidr.contains(peer) && !except.contains { $0.contains(peer) }
                     case .pods(let ps, let nss):
                         guard let peerPod else { return false }
+                        if !peerPod.selectable {
+                            // A stand-in: a destination on its own ports only.
+                            guard d == .egress, let port, peerPod.namedPorts.contains(where: { $0.key.hasSuffix("/\(proto)") && $0.value == port }) else { return false }
+                        }
                         let nsOK = nss.map { $0.matches(namespaceLabels(peerPod.namespace)) } ?? (peerPod.namespace == p.namespace)
                         return nsOK && (ps?.matches(peerPod.labels) ?? true)
                     }
