@@ -18,13 +18,38 @@ public enum DesiredState {
     /// Policies, pods (and the node DNS resolvers as kube-dns peers), namespaces' labels, and
     /// node addresses → names. Policies weft cannot read are skipped (the API refuses them; one
     /// written around it must not take the others down) and told to `skipped`.
-    public static func policyInput(_ store: any Datastore, skipped: (ManifestError) -> Void = { _ in }) async throws -> (PolicyRules.Input, [IPAddress: String]) {
+    /// Parsed pods and policies by key and revision, kept between passes by a long-running
+    /// reader: at a thousand of each, decoding them again is most of a pass.
+    public final class ParseCache: @unchecked Sendable {
+        var pods: [String: (revision: Int64, pod: PolicyPod?)] = [:]
+        var policies: [String: (revision: Int64, policy: Result<NetworkPolicy, ManifestError>?)] = [:]
+        public init() {}
+    }
+
+    public static func policyInput(_ store: any Datastore, cache: ParseCache = ParseCache(),
+                                   skipped: (ManifestError) -> Void = { _ in }) async throws -> (PolicyRules.Input, [IPAddress: String]) {
         var policies: [NetworkPolicy] = []
-        for kv in try await store.list(prefix: Keys.networkPolicies).items {
-            guard let o = try? KubeObject(bytes: kv.value) else { continue }
-            do { policies.append(try NetworkPolicy(o)) } catch { skipped(error) }
+        let policyItems = try await store.list(prefix: Keys.networkPolicies).items
+        var seenPolicies: [String: (revision: Int64, policy: Result<NetworkPolicy, ManifestError>?)] = [:]
+        for kv in policyItems {
+            let parsed = cache.policies[kv.key].flatMap { $0.revision == kv.modRevision ? $0.policy : nil }
+                ?? (try? KubeObject(bytes: kv.value)).map { o in Result { () throws(ManifestError) in try NetworkPolicy(o) } }
+            seenPolicies[kv.key] = (kv.modRevision, parsed)
+            switch parsed {
+            case .success(let p)?: policies.append(p)
+            case .failure(let e)?: skipped(e)
+            case nil: break
+            }
         }
-        var pods = try await store.list(prefix: Keys.pods).items.compactMap { (try? KubeObject(bytes: $0.value)).flatMap(PolicyPod.init) }
+        cache.policies = seenPolicies
+        var seenPods: [String: (revision: Int64, pod: PolicyPod?)] = [:]
+        var pods: [PolicyPod] = []
+        for kv in try await store.list(prefix: Keys.pods).items {
+            let pod = cache.pods[kv.key].flatMap { $0.revision == kv.modRevision ? .some($0.pod) : nil } ?? (try? KubeObject(bytes: kv.value)).flatMap(PolicyPod.init)
+            seenPods[kv.key] = (kv.modRevision, pod)
+            if let pod { pods.append(pod) }
+        }
+        cache.pods = seenPods
         let slices = try await store.list(prefix: Keys.endpointSlices + NodeDNS.serviceNamespace + "/").items.compactMap { try? KubeObject(bytes: $0.value) }
         pods += NodeDNS.policyPeers(slices)
         var namespaces: [String: [String: String]] = [:]

@@ -18,6 +18,8 @@ final class PolicyEnforcer: Sendable {
     /// Opens the node's nflog group (nil in tests without a kernel).
     let openLog: @Sendable () throws -> NFLog?
     let metrics: AgentMetrics
+    /// Parsed pods and policies kept between passes (only the apply loop reads with it).
+    let parseCache = DesiredState.ParseCache()
     /// Told the pods (to name flows) and each denial (a dropped flow).
     let flows: FlowRecorder?
 
@@ -50,7 +52,7 @@ final class PolicyEnforcer: Sendable {
     }
 
     func readInput() async throws -> PolicyRules.Input {
-        let (input, hosts) = try await DesiredState.policyInput(store) { error in
+        let (input, hosts) = try await DesiredState.policyInput(store, cache: parseCache) { error in
             logger.warning("skipping a network policy weft cannot read", metadata: ["error": "\(error)"])
         }
         nodeAddresses.withLock { $0 = hosts }

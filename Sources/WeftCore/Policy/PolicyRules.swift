@@ -30,12 +30,18 @@ public enum PolicyRules {
 
     /// Everything the rules depend on.
     public struct Input: Sendable, Equatable {
-        public var policies: [NetworkPolicy]
-        public var pods: [PolicyPod]
+        public let policies: [NetworkPolicy]
+        public let pods: [PolicyPod]
+        /// Pods by namespace: a policy selects in its own namespace only, and most peers name
+        /// one namespace, so matching scans a namespace rather than the cluster.
+        let podsByNamespace: [String: [PolicyPod]]
+        let policiesByNamespace: [String: [NetworkPolicy]]
         /// Namespace name → its labels (the `kubernetes.io/metadata.name` label is implied).
         public var namespaces: [String: [String: String]]
         public init(policies: [NetworkPolicy], pods: [PolicyPod], namespaces: [String: [String: String]]) {
             self.policies = policies; self.pods = pods; self.namespaces = namespaces
+            podsByNamespace = Dictionary(grouping: pods, by: \.namespace)
+            policiesByNamespace = Dictionary(grouping: policies, by: \.namespace)
         }
 
         public func namespaceLabels(_ ns: String) -> [String: String] {
@@ -46,22 +52,20 @@ public enum PolicyRules {
 
         /// The pods a policy selects (in its namespace; never peer-only entries).
         public func selected(by p: NetworkPolicy) -> [PolicyPod] {
-            pods.filter { $0.selectable && $0.namespace == p.namespace && p.podSelector.matches($0.labels) }
+            (podsByNamespace[p.namespace] ?? []).filter { $0.selectable && p.podSelector.matches($0.labels) }
         }
 
         /// The pods a peer stands for, seen from a policy in `namespace`.
         public func pods(of peer: NetworkPolicy.Peer, policyNamespace namespace: String) -> [PolicyPod] {
             guard case .pods(let ps, let nss) = peer else { return [] }
-            return pods.filter { pod in
-                let nsOK = nss.map { $0.matches(namespaceLabels(pod.namespace)) } ?? (pod.namespace == namespace)
-                return nsOK && (ps?.matches(pod.labels) ?? true)
-            }
+            let namespaces = nss.map { sel in podsByNamespace.keys.filter { sel.matches(namespaceLabels($0)) }.sorted() } ?? [namespace]
+            return namespaces.flatMap { podsByNamespace[$0] ?? [] }.filter { ps?.matches($0.labels) ?? true }
         }
 
         /// The policies isolating `pod` in direction `d` (those that select it and have the type).
         public func isolating(_ pod: PolicyPod, _ d: NetworkPolicy.Direction) -> [NetworkPolicy] {
             guard pod.selectable else { return [] }
-            return policies.filter { $0.policyTypes.contains(d) && $0.namespace == pod.namespace && $0.podSelector.matches(pod.labels) }
+            return (policiesByNamespace[pod.namespace] ?? []).filter { $0.policyTypes.contains(d) && $0.podSelector.matches(pod.labels) }
         }
     }
 
