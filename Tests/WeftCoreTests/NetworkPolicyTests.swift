@@ -79,9 +79,12 @@ struct NetworkPolicyTests {
         #expect(chain.count == 2, "\(chain)")
         let peerSet = try #require(m.sets.first { $0.key.hasPrefix("peer-") && $0.key.hasSuffix("-4") })
         #expect(peerSet.value.elements.keys.sorted() == ["10.0.2.3"], "same-namespace web pods, any node; not b's web")
-        #expect(m.sets["np/a/p/ingress/0/port/0/4"]?.elements.keys.sorted() == ["10.0.1.2 . tcp . 5432"], "the named port of the local selected pod")
-        #expect(chain[0] == "ip saddr @\(peerSet.key) ip daddr . meta l4proto . th dport @np/a/p/ingress/0/port/0/4 accept")
-        #expect(m.chains["ns/a/ingress"]!.rules == ["ip daddr @np/a/p/pods4 jump np/a/p/ingress", "ip6 daddr @np/a/p/pods6 jump np/a/p/ingress", "goto ingress-denied"])
+        let portSet = try #require(m.sets.first { $0.key.hasPrefix("port-") && $0.key.hasSuffix("-4") })
+        #expect(portSet.value.elements.keys.sorted() == ["10.0.1.2 . tcp . 5432"], "the named port of the local selected pod")
+        #expect(chain[0] == "ip saddr @\(peerSet.key) ip daddr . meta l4proto . th dport @\(portSet.key) accept")
+        let sel4 = PolicyRules.podsSet(p, "4"), sel6 = PolicyRules.podsSet(p, "6")
+        #expect(m.sets[sel4]?.elements.keys.sorted() == ["10.0.1.2"], "the local pod the policy selects")
+        #expect(m.chains["ns/a/ingress"]!.rules == ["ip daddr @\(sel4) jump np/a/p/ingress", "ip6 daddr @\(sel6) jump np/a/p/ingress", "goto ingress-denied"])
     }
 
     @Test func aPodChangingLabelsChangesElementsOnly() throws {

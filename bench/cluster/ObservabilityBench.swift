@@ -101,7 +101,7 @@ struct ObservabilityBench: ParsableCommand {
         let settle = now()
         while true {
             try checkInterrupted()
-            let el = (try? inNS(node0, ["nft", "list", "set", "inet", "weft-policy", "np/default/bulk/pods4"])) ?? ""
+            let el = (try? inNS(node0, ["nft", "list", "map", "inet", "weft-policy", "ingress-pods4"])) ?? ""
             if el.components(separatedBy: "10.251.").count - 1 >= pods { break }
             guard now() - settle < 300 else { throw BenchError("node0's policy table did not select the \(pods) pods in 300 s") }
             try sleepSeconds(0.5)

@@ -77,7 +77,10 @@ public enum PolicyRules {
         return readable.utf8.count <= 200 ? readable : "np/" + hex16(fnv1a64(readable))
     }
     public static func chainName(_ p: NetworkPolicy, _ d: NetworkPolicy.Direction) -> String { "\(prefix(p))/\(d == .ingress ? "ingress" : "egress")" }
-    public static func podsSet(_ p: NetworkPolicy, _ fam: String) -> String { "\(prefix(p))/pods\(fam)" }
+    /// The local pods a policy selects: one set per namespace and selector, shared by the
+    /// policies that select alike (a deny-all and an allow-this often do); fewer sets make the
+    /// kernel's writes and listings cheaper (it finds sets by name in a list).
+    public static func podsSet(_ p: NetworkPolicy, _ fam: String) -> String { "sel-\(hex16(fnv1a64("\(p.namespace)|\(p.podSelector)")))-\(fam)" }
 
     public static func model(_ input: Input, node: String) -> TableModel {
         var m = TableModel(name: table)
@@ -114,7 +117,7 @@ public enum PolicyRules {
                     }
                 }
             }
-            for p in policies {
+            for p in policies where m.sets[podsSet(p, "4")] == nil {
                 let sel = input.selected(by: p).filter { $0.node == node }
                 for (family, _, fam) in families {
                     addSet(podsSet(p, fam), type: family == .v4 ? "ipv4_addr" : "ipv6_addr", comment: "pods \(p.podSelector) in \(p.namespace)",
@@ -199,7 +202,7 @@ public enum PolicyRules {
                 guard !peers.isEmpty else { continue }   // only peers of the other family
                 var ports: [String?] = []
                 if rule.ports.isEmpty { ports = [nil] }
-                for (k, port) in rule.ports.enumerated() {
+                for port in rule.ports {
                     let l4 = port.proto.lowercased()
                     switch port.port {
                     case nil: ports.append("meta l4proto \(l4)")
@@ -208,15 +211,20 @@ public enum PolicyRules {
                     case .name(let n)?:
                         // Resolved per destination pod: the selected pods for ingress, the peers'
                         // (any pod of the cluster) for egress.
-                        let candidates = d == .ingress ? local.filter { p.podSelector.matches($0.labels) && $0.namespace == p.namespace } : input.pods
-                        var elements: [String] = []
-                        for pod in candidates {
-                            guard let num = pod.namedPorts["\(n)/\(port.proto)"] else { continue }
-                            for a in pod.addresses where a.family == family { elements.append("\(a) . \(l4) . \(num)") }
+                        // Shared by every rule naming the same port of the same pods.
+                        let key = d == .ingress ? "in|\(p.namespace)|\(p.podSelector)|\(n)|\(port.proto)" : "out|\(n)|\(port.proto)"
+                        let name = "port-\(hex16(fnv1a64(key)))-\(fam)"
+                        if m.sets[name] == nil {
+                            let candidates = d == .ingress ? local.filter { p.podSelector.matches($0.labels) && $0.namespace == p.namespace } : input.pods
+                            var elements: [String] = []
+                            for pod in candidates {
+                                guard let num = pod.namedPorts["\(n)/\(port.proto)"] else { continue }
+                                for a in pod.addresses where a.family == family { elements.append("\(a) . \(l4) . \(num)") }
+                            }
+                            let what = d == .ingress ? "\(port.proto) port \(n) of pods \(p.podSelector) in \(p.namespace)" : "\(port.proto) port \(n) of any pod"
+                            m.sets[name] = .init(spec: "type \(family == .v4 ? "ipv4_addr" : "ipv6_addr") . inet_proto . inet_service ; comment \(TableModel.quoted(String(what.prefix(120)))) ;",
+                                                 elements: Dictionary(elements.map { ($0, "") }, uniquingKeysWith: { a, _ in a }))
                         }
-                        let name = "\(prefix(p))/\(dir)/\(i)/port/\(k)/\(fam)"
-                        m.sets[name] = .init(spec: "type \(family == .v4 ? "ipv4_addr" : "ipv6_addr") . inet_proto . inet_service ; comment \(TableModel.quoted("\(port.proto) port \(n)")) ;",
-                                             elements: Dictionary(elements.map { ($0, "") }, uniquingKeysWith: { a, _ in a }))
                         ports.append("\(nfam) daddr . meta l4proto . th dport @\(name)")
                     }
                 }
