@@ -10,6 +10,9 @@ final class AgentHTTPServer: Sendable {
     struct Request: Sendable {
         var path: String
         var query: [String: String]
+        /// The client's address (nil when unknown).
+        var remote: String? = nil
+        var fromLoopback: Bool { remote == "127.0.0.1" || remote == "::1" || remote == "::ffff:127.0.0.1" }
     }
     struct Response: Sendable {
         var status: HTTPResponseStatus = .ok
@@ -62,7 +65,9 @@ final class AgentHTTPServer: Sendable {
             case .body: break
             case .end:
                 guard let h = head else { return }
-                let r = h.method == .GET ? handler(AgentHTTPServer.parse(h.uri))
+                var req = AgentHTTPServer.parse(h.uri)
+                req.remote = context.remoteAddress?.ipAddress
+                let r = h.method == .GET ? handler(req)
                     : Response(status: .methodNotAllowed, body: Array("only GET\n".utf8))
                 var headers = HTTPHeaders()
                 headers.add(name: "Content-Type", value: r.contentType)

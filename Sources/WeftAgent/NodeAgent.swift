@@ -138,6 +138,11 @@ public final class NodeAgent: Service, @unchecked Sendable {
                 switch req.path {
                 case "/metrics": return .init(contentType: "text/plain; version=0.0.4; charset=utf-8", body: metrics.text())
                 case "/flows":
+                    // Who talked to whom is not for every pod to read: the node itself only
+                    // (`weft observe` connects from inside the node).
+                    guard req.fromLoopback else {
+                        return .init(status: .forbidden, body: Array("flows are served to this node's loopback only; run weft observe where it can enter the node\n".utf8))
+                    }
                     // Flows after the `since` sequence number the client saw last (0: all kept).
                     let (list, next) = flows.flows(after: UInt64(req.query["since"] ?? "0") ?? 0)
                     let body = JSONValue.object([("next", .number(Double(next))), ("flows", .array(list.map(\.json)))]).serialized()

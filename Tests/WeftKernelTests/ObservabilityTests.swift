@@ -93,6 +93,9 @@ struct ObservabilityTests {
         #expect(Self.eventually(15) { ((try? Self.scrape(lab, node: 1))?["weft_datastore_watch_lag_seconds_count"] ?? 0) >= 1 })
         let health = try sh(["ip", "netns", "exec", lab.nodeNS(1), "curl", "-sf", "http://127.0.0.1:9464/healthz"])
         #expect(health.stdout == "ok\n")
+        // Flows are the node's own business: a pod asking node0's agent is refused.
+        let fromPod = try sh(["ip", "netns", "exec", lab.podNS("default", "c"), "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://192.168.100.11:9464/flows"])
+        #expect(fromPod.stdout == "403", "\(fromPod.stdout)")
     }
 
     @Test("doctor: clean on a healthy lab; finds each planted fault (a wrong MTU, a deleted route, a leaked address, a rule removed by hand)")

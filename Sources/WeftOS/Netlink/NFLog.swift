@@ -146,34 +146,8 @@ public final class NFLog: @unchecked Sendable {
         guard let box = state.withLock({ $0 }) else {
             throw NetlinkError(operation: "receive from nflog group \(group): closed", errno: EBADF)
         }
-        let fd = box.socket.fd
-        let deadline = timeoutMilliseconds < 0 ? nil : NFULNetlink.monotonicMilliseconds() + Int64(timeoutMilliseconds)
-        var buffer = [UInt8](repeating: 0, count: 1 << 16)
-        while true {
-            let wait = deadline.map { Int32(clamping: max(0, $0 - NFULNetlink.monotonicMilliseconds())) } ?? -1
-            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            let ready = poll(&pfd, 1, wait)
-            if ready < 0 {
-                if Glibc.errno == EINTR { continue }
-                throw NetlinkError(operation: "wait for nflog group \(group)", errno: Glibc.errno)
-            }
-            if ready == 0 { return [] }
-            // Drain what is queued (bounded, so a flood cannot keep the caller here).
-            var packets: [LoggedPacket] = []
-            for _ in 0..<64 {
-                let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
-                if n < 0 {
-                    let e = Glibc.errno
-                    if e == EINTR { continue }
-                    if e == EAGAIN || e == EWOULDBLOCK { break }
-                    if e == ENOBUFS { overrunCount.add(1, ordering: .relaxed); continue }
-                    throw NetlinkError(operation: "receive from nflog group \(group)", errno: e)
-                }
-                packets += NFULNetlink.packets(inDatagram: buffer[0..<n])
-            }
-            if !packets.isEmpty { return packets }
-            if wait == 0 { return [] }
-        }
+        return try receiveDatagrams(fd: box.socket.fd, timeoutMilliseconds: timeoutMilliseconds, batch: 64, what: "nflog group \(group)",
+                                    overruns: overrunCount, decode: NFULNetlink.packets(inDatagram:))
     }
 }
 

@@ -2,6 +2,7 @@ import CWeftLinux
 #if canImport(Glibc)
 import Glibc
 #endif
+import Synchronization
 
 /// A failed kernel request: the operation, the errno, and the kernel's extended-ack text when
 /// it gave one ("Invalid prefix for given prefix length").
@@ -108,5 +109,44 @@ public final class NetlinkSocket {
         let skip = 4 + 16 + (capped ? 0 : Int(payload.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self) }) - 16)
         guard payload.count > skip else { return nil }
         return NetlinkAttributes(bytes: payload.dropFirst(skip)).string(k(NLMSGERR_ATTR_MSG))
+    }
+}
+
+/// Waits up to `timeoutMilliseconds` (negative: for ever) for a multicast netlink socket to have
+/// datagrams, then drains up to `batch` of them (bounded, so a flood cannot keep the caller) and
+/// decodes each; [] on timeout. ENOBUFS (the kernel dropped messages the reader was too slow
+/// for) is counted in `overruns`, not thrown: the readers are best effort by design.
+func receiveDatagrams<T>(fd: Int32, timeoutMilliseconds: Int32, batch: Int, what: String, overruns: borrowing Atomic<Int>,
+                         decode: (ArraySlice<UInt8>) -> [T]) throws -> [T] {
+    func nowMs() -> Int64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
+    }
+    let deadline = timeoutMilliseconds < 0 ? nil : nowMs() + Int64(timeoutMilliseconds)
+    var buffer = [UInt8](repeating: 0, count: 1 << 16)
+    while true {
+        let wait = deadline.map { Int32(clamping: max(0, $0 - nowMs())) } ?? -1
+        var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        let ready = poll(&pfd, 1, wait)
+        if ready < 0 {
+            if errno == EINTR { continue }
+            throw NetlinkError(operation: "wait for \(what)", errno: errno)
+        }
+        if ready == 0 { return [] }
+        var out: [T] = []
+        for _ in 0..<batch {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+            if n < 0 {
+                let e = errno
+                if e == EINTR { continue }
+                if e == EAGAIN || e == EWOULDBLOCK { break }
+                if e == ENOBUFS { overruns.add(1, ordering: .relaxed); continue }
+                throw NetlinkError(operation: "receive \(what)", errno: e)
+            }
+            out += decode(buffer[0..<n])
+        }
+        if !out.isEmpty { return out }
+        if wait == 0 { return [] }
     }
 }
