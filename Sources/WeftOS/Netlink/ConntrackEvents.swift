@@ -30,19 +30,11 @@ public struct ConntrackEvent: Sendable, Equatable {
 /// Events flow only for traffic conntrack sees: a namespace tracks nothing until something
 /// (a NAT or `ct` rule) asks for conntrack there.
 public final class ConntrackEvents: @unchecked Sendable {
-    private let state: Mutex<SocketBox?>
-    private let overrunCount = Atomic<Int>(0)
+    private let receiver: MulticastReceiver
 
     /// Times the socket overran (ENOBUFS): events came faster than they were read and the kernel
     /// dropped some. Not an error: the caller's records have a gap, the subscription goes on.
-    public var overruns: Int { overrunCount.load(ordering: .relaxed) }
-
-    /// Carries the (non-Sendable) socket out of the lock; receive keeps its fd alive while it
-    /// polls even if `close()` runs meanwhile.
-    private final class SocketBox: @unchecked Sendable {
-        let socket: NetlinkSocket
-        init(_ s: NetlinkSocket) { socket = s }
-    }
+    public var overruns: Int { receiver.overruns }
 
     /// Joins the chosen groups. UPDATE is off by default: every TCP state change is one, which
     /// flow records rarely need.
@@ -66,24 +58,18 @@ public final class ConntrackEvents: @unchecked Sendable {
                 throw NetlinkError(operation: "join conntrack event group \(group)\(why)", errno: e)
             }
         }
-        state = Mutex(SocketBox(socket))
+        receiver = MulticastReceiver(socket, what: "conntrack events")
     }
 
     deinit { close() }
 
     /// Closes the socket. A `receive` already waiting keeps the socket until its timeout.
-    public func close() {
-        state.withLock { $0 = nil }
-    }
+    public func close() { receiver.close() }
 
     /// Blocks until at least one event arrives or `timeoutMilliseconds` passes (then returns []);
     /// returns every event in the datagrams read. A negative timeout waits indefinitely.
     public func receive(timeoutMilliseconds: Int32) throws -> [ConntrackEvent] {
-        guard let box = state.withLock({ $0 }) else {
-            throw NetlinkError(operation: "receive conntrack events: closed", errno: EBADF)
-        }
-        return try receiveDatagrams(fd: box.socket.fd, timeoutMilliseconds: timeoutMilliseconds, batch: 256, what: "conntrack events",
-                                    overruns: overrunCount, decode: CTNetlink.events(inDatagram:))
+        try receiver.receive(timeoutMilliseconds: timeoutMilliseconds, batch: 256, decode: CTNetlink.events(inDatagram:))
     }
 }
 

@@ -99,19 +99,11 @@ public struct LoggedPacket: Sendable, Equatable {
 /// namespace: the kernel refuses a second binder until the first socket is closed.
 public final class NFLog: @unchecked Sendable {
     public let group: UInt16
-    private let state: Mutex<SocketBox?>
-    private let overrunCount = Atomic<Int>(0)
+    private let receiver: MulticastReceiver
 
     /// Times the socket overran (ENOBUFS): packets arrived faster than they were read and the
     /// kernel dropped some. Not an error: the logging is rate-limited and best effort.
-    public var overruns: Int { overrunCount.load(ordering: .relaxed) }
-
-    /// Carries the (non-Sendable) socket out of the lock; receive keeps its fd alive while it
-    /// polls even if `close()` runs meanwhile.
-    private final class SocketBox: @unchecked Sendable {
-        let socket: NetlinkSocket
-        init(_ s: NetlinkSocket) { socket = s }
-    }
+    public var overruns: Int { receiver.overruns }
 
     /// Binds the group and asks for the first `copyBytes` of each packet (the IP and transport
     /// headers fit in 128).
@@ -129,25 +121,19 @@ public final class NFLog: @unchecked Sendable {
             }
         }
         try NFULNetlink.bind(socket, group: group, copyBytes: copyBytes)
-        state = Mutex(SocketBox(socket))
+        receiver = MulticastReceiver(socket, what: "nflog group \(group)")
     }
 
     deinit { close() }
 
     /// Closes the socket; the kernel then unbinds the group. A `receive` already waiting keeps
     /// the socket until its timeout.
-    public func close() {
-        state.withLock { $0 = nil }
-    }
+    public func close() { receiver.close() }
 
     /// Blocks until at least one packet arrives or `timeoutMilliseconds` passes (then returns []);
     /// returns every packet in the datagrams read. A negative timeout waits indefinitely.
     public func receive(timeoutMilliseconds: Int32) throws -> [LoggedPacket] {
-        guard let box = state.withLock({ $0 }) else {
-            throw NetlinkError(operation: "receive from nflog group \(group): closed", errno: EBADF)
-        }
-        return try receiveDatagrams(fd: box.socket.fd, timeoutMilliseconds: timeoutMilliseconds, batch: 64, what: "nflog group \(group)",
-                                    overruns: overrunCount, decode: NFULNetlink.packets(inDatagram:))
+        try receiver.receive(timeoutMilliseconds: timeoutMilliseconds, batch: 64, decode: NFULNetlink.packets(inDatagram:))
     }
 }
 

@@ -112,41 +112,64 @@ public final class NetlinkSocket {
     }
 }
 
-/// Waits up to `timeoutMilliseconds` (negative: for ever) for a multicast netlink socket to have
-/// datagrams, then drains up to `batch` of them (bounded, so a flood cannot keep the caller) and
-/// decodes each; [] on timeout. ENOBUFS (the kernel dropped messages the reader was too slow
-/// for) is counted in `overruns`, not thrown: the readers are best effort by design.
-func receiveDatagrams<T>(fd: Int32, timeoutMilliseconds: Int32, batch: Int, what: String, overruns: borrowing Atomic<Int>,
-                         decode: (ArraySlice<UInt8>) -> [T]) throws -> [T] {
-    func nowMs() -> Int64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
+/// A netlink socket that receives what the kernel multicasts (nflog packets, conntrack events),
+/// shared by their readers: closable from another thread while a receive waits, and overruns
+/// (ENOBUFS: the kernel dropped messages the reader was too slow for) counted, not thrown —
+/// these readers are best effort by design.
+final class MulticastReceiver: @unchecked Sendable {
+    /// Carries the (non-Sendable) socket out of the lock; a receive keeps its fd alive while it
+    /// polls even if `close()` runs meanwhile.
+    private final class SocketBox: @unchecked Sendable {
+        let socket: NetlinkSocket
+        init(_ s: NetlinkSocket) { socket = s }
     }
-    let deadline = timeoutMilliseconds < 0 ? nil : nowMs() + Int64(timeoutMilliseconds)
-    var buffer = [UInt8](repeating: 0, count: 1 << 16)
-    while true {
-        let wait = deadline.map { Int32(clamping: max(0, $0 - nowMs())) } ?? -1
-        var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-        let ready = poll(&pfd, 1, wait)
-        if ready < 0 {
-            if errno == EINTR { continue }
-            throw NetlinkError(operation: "wait for \(what)", errno: errno)
+    private let state: Mutex<SocketBox?>
+    private let overrunCount = Atomic<Int>(0)
+    let what: String
+
+    init(_ socket: NetlinkSocket, what: String) { state = Mutex(SocketBox(socket)); self.what = what }
+
+    var overruns: Int { overrunCount.load(ordering: .relaxed) }
+
+    /// The kernel unbinds the socket's groups once it is closed; a receive already waiting keeps
+    /// it until its timeout.
+    func close() { state.withLock { $0 = nil } }
+
+    /// Waits up to `timeoutMilliseconds` (negative: for ever) for datagrams, then drains up to
+    /// `batch` of them (bounded, so a flood cannot keep the caller) and decodes each; [] on timeout.
+    func receive<T>(timeoutMilliseconds: Int32, batch: Int, decode: (ArraySlice<UInt8>) -> [T]) throws -> [T] {
+        guard let box = state.withLock({ $0 }) else { throw NetlinkError(operation: "receive \(what): closed", errno: EBADF) }
+        let fd = box.socket.fd
+        func nowMs() -> Int64 {
+            var ts = timespec()
+            clock_gettime(CLOCK_MONOTONIC, &ts)
+            return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
         }
-        if ready == 0 { return [] }
-        var out: [T] = []
-        for _ in 0..<batch {
-            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
-            if n < 0 {
-                let e = errno
-                if e == EINTR { continue }
-                if e == EAGAIN || e == EWOULDBLOCK { break }
-                if e == ENOBUFS { overruns.add(1, ordering: .relaxed); continue }
-                throw NetlinkError(operation: "receive \(what)", errno: e)
+        let deadline = timeoutMilliseconds < 0 ? nil : nowMs() + Int64(timeoutMilliseconds)
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let wait = deadline.map { Int32(clamping: max(0, $0 - nowMs())) } ?? -1
+            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let ready = poll(&pfd, 1, wait)
+            if ready < 0 {
+                if errno == EINTR { continue }
+                throw NetlinkError(operation: "wait for \(what)", errno: errno)
             }
-            out += decode(buffer[0..<n])
+            if ready == 0 { return [] }
+            var out: [T] = []
+            for _ in 0..<batch {
+                let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+                if n < 0 {
+                    let e = errno
+                    if e == EINTR { continue }
+                    if e == EAGAIN || e == EWOULDBLOCK { break }
+                    if e == ENOBUFS { overrunCount.add(1, ordering: .relaxed); continue }
+                    throw NetlinkError(operation: "receive \(what)", errno: e)
+                }
+                out += decode(buffer[0..<n])
+            }
+            if !out.isEmpty { return out }
+            if wait == 0 { return [] }
         }
-        if !out.isEmpty { return out }
-        if wait == 0 { return [] }
     }
 }
