@@ -163,5 +163,16 @@ struct PolicyEdgeTests {
         let m = PolicyRules.model(.init(policies: [long], pods: [T.pod(String(repeating: "s", count: 63), "x", [:], "10.0.1.2", ports: ["web/TCP": 80])], namespaces: [:]), node: "n1")
         #expect((Array(m.chains.keys) + Array(m.sets.keys)).allSatisfy { $0.utf8.count < 256 }, "chain and set names within NFT_NAME_MAXLEN")
     }
+
+    @Test func sctpPortsAreProgrammedLikeTheOthers() throws {
+        // This machine's kernel has no SCTP, so no packet test: the rule is checked here.
+        let p = try T.policy(#"{"podSelector":{},"ingress":[{"ports":[{"protocol":"SCTP","port":7777},{"protocol":"SCTP"}]}]}"#, namespace: "a")
+        let m = PolicyRules.model(.init(policies: [p], pods: [T.pod("a", "x", [:], "10.0.1.2")], namespaces: T.ns), node: "n1")
+        #expect(m.chains["np/a/p/ingress"]!.rules == ["meta l4proto sctp th dport 7777 accept", "meta l4proto sctp accept"])
+        let x = PolicyPod(namespace: "a", name: "x", labels: [:], addresses: [ip("10.0.1.2")], node: "n1")
+        let input = PolicyRules.Input(policies: [p], pods: [x], namespaces: T.ns)
+        #expect(input.verdict(.ingress, pod: x, peer: ip("10.0.2.2"), peerPod: nil, port: 7777, proto: "SCTP").allowed)
+        #expect(!input.verdict(.ingress, pod: x, peer: ip("10.0.2.2"), peerPod: nil, port: 7777, proto: "TCP").allowed)
+    }
 }
 
