@@ -286,6 +286,35 @@ struct ClusterDNSTests {
         expectNXDomain(try ask("10-244-0-7.web.default.svc.cluster.local", .a))  // not this service's
     }
 
+    @Test func podRecordsAnswerTheAddressTheyName() throws {
+        #expect(addresses(try ask("10-244-0-5.default.pod.cluster.local", .a)) == ["10.244.0.5"])
+        #expect(addresses(try ask("10-9-9-9.anywhere.pod.cluster.local", .a)) == ["10.9.9.9"], "pods insecure: no lookup, as kube-dns")
+        #expect(addresses(try ask("fd00-10-244--9.default.pod.cluster.local", .aaaa)) == ["fd00:10:244::9"])
+        expectNoData(try ask("10-244-0-5.default.pod.cluster.local", .aaaa))
+        expectNoData(try ask("pod.cluster.local", .a))
+        expectNXDomain(try ask("not-an-address.default.pod.cluster.local", .a))
+    }
+
+    @Test func aPodsHostnameNamesItUnderTheHeadlessServiceThatIsItsSubdomain() throws {
+        let j = try JSONValue.parse(Array(#"""
+        {"apiVersion":"v1","kind":"Pod","metadata":{"name":"db-0","namespace":"default","labels":{"app":"db"}},
+         "spec":{"nodeName":"node0","hostname":"primary","subdomain":"db","containers":[{"name":"c"}]},
+         "status":{"phase":"Running","podIP":"10.244.0.7"}}
+        """#.utf8))
+        let db = try ZoneFixture.service(#"{"clusterIP":"None","selector":{"app":"db"},"ports":[{"name":"http","port":80}]}"#, name: "db")
+        let other = try ZoneFixture.service(#"{"clusterIP":"None","selector":{"app":"db"},"ports":[{"name":"http","port":80}]}"#, name: "other")
+        let eps = db.endpoints(from: [KubeObject(json: j)])
+        #expect(eps.first?.hostname == "primary")
+        #expect(other.endpoints(from: [KubeObject(json: j)]).first?.hostname == nil, "only under the service that is its subdomain")
+        // Through an EndpointSlice and back, as the proxy reads it.
+        let slices = EndpointSlices.desired(for: db, endpoints: eps)
+        #expect(EndpointSlices.endpoints(for: db, in: slices).first?.hostname == "primary")
+        let z = ClusterDNS(domain: "cluster.local", services: [(db, eps), (other, other.endpoints(from: [KubeObject(json: j)]))], ttl: 5)
+        #expect(addresses(try ask("primary.db.default.svc.cluster.local", .a, in: z)) == ["10.244.0.7"])
+        #expect(addresses(try ask("10-244-0-7.other.default.svc.cluster.local", .a, in: z)) == ["10.244.0.7"])
+        expectNXDomain(try ask("10-244-0-7.db.default.svc.cluster.local", .a, in: z))
+    }
+
     @Test func srvForNamedPortsOfAService() throws {
         let m = try ask("_http._tcp.web.default.svc.cluster.local", .srv)
         #expect(m.rcode == .noError)
@@ -355,7 +384,7 @@ struct ClusterDNSTests {
         expectNoData(try ask("cluster.local", .a))
         expectNoData(try ask("cluster.local", .ns))
         expectNXDomain(try ask("nowhere.svc.cluster.local", .a))
-        expectNXDomain(try ask("pod.cluster.local", .a))
+        expectNoData(try ask("pod.cluster.local", .a))   // pod records live below it
         expectNXDomain(try ask("a.b.web.default.svc.cluster.local", .a))
         // A service not yet given its ClusterIP exists (and so does its namespace).
         expectNoData(try ask("pending.later.svc.cluster.local", .a))

@@ -226,6 +226,26 @@ struct PolicyTests {
         try check(w, Expect(w.pods), port: 81, udp: true, "UDP 81 in the range 81-90")
         try delete(lab, ports)
         try check(w, Expect(w.pods), "every policy deleted: everything connects again")
+
+        // x/a's node's agent restarts under a policy: the table stays in the kernel while the
+        // agent is away (a denied peer stays denied), the agent's first write replaces it in one
+        // transaction, and an allowed connection held all along survives.
+        try apply(lab, twoPeers)
+        want = Expect(w.pods)
+        want.set(to: named("x/a"), false)
+        want.set(from: { inNS($0, "y") || $0 == "x/b" }, to: named("x/a"), true)
+        try check(w, want, "two peers again, before the agent restarts")
+        let (flow, out) = try lab.heldFlow(from: w.ns("y/a"), to: w.target("x/a", 80, .v4), seconds: 8)
+        defer { if flow.isRunning { flow.terminate() } }
+        usleep(500_000)
+        let restarted = try lab.restartAgent(node: 0)
+        #expect(restarted.stopped, "the agent stops on SIGTERM")
+        #expect(try sh(["ip", "netns", "exec", w.ns("z/a"), product("weft"), "probe", w.target("x/a", 80, .v4), "--timeout", "1000"]).status != 0,
+                "z/a stays denied while the agent is restarting")
+        flow.waitUntilExit()
+        let held = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(flow.terminationStatus == 0, "the allowed connection survived the agent's restart: \(held.suffix(300))")
+        try check(w, want, "the restarted agent enforces the same")
     }
 
     @Test("egress: deny all but DNS and one namespace; Services judged at the backend; changes under traffic; labels; anti-spoofing; denials explained; bad policies refused")

@@ -404,6 +404,16 @@ struct ServicesTests {
         spec: {clusterIP: None, selector: {app: web}, ports: [{name: http, port: 8080}]}
         ---
         apiVersion: v1
+        kind: Pod
+        metadata: {name: named, labels: {app: named}}
+        spec: {nodeName: node0, hostname: primary, subdomain: db, containers: [{name: c, image: agnhost}]}
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {name: db}
+        spec: {clusterIP: None, selector: {app: named}, ports: [{name: http, port: 8080}]}
+        ---
+        apiVersion: v1
         kind: Service
         metadata: {name: ext}
         spec: {type: ExternalName, externalName: db.example.com}
@@ -435,6 +445,12 @@ struct ServicesTests {
         // SRV for a named port, ExternalName as a CNAME.
         #expect(try dig("+short", "SRV", "_http._tcp.web.default.svc.cluster.local").hasSuffix(" 80 web.default.svc.cluster.local."))
         #expect(try dig("+short", "CNAME", "ext.default.svc.cluster.local") == "db.example.com.")
+        // A pod by its dashed address; a pod by its hostname under its headless subdomain.
+        let anyWeb = try #require(webIPs.first)
+        #expect(try dig("+short", "\(anyWeb.replacingOccurrences(of: ".", with: "-")).default.pod.cluster.local") == anyWeb)
+        let namedIP = try #require(try lab.run(["get", "pods", "-o", "json"]).json?["items"]?.arrayValue?
+            .first { $0["metadata"]?["name"]?.stringValue == "named" }?["status"]?["podIP"]?.stringValue)
+        #expect(try eventually(10) { try dig("+short", "primary.db.default.svc.cluster.local") == namedIP }, "hostname.subdomain")
         // A name that does not exist: NXDOMAIN, not a timeout.
         #expect(try dig("nope.default.svc.cluster.local").contains("status: NXDOMAIN"))
         // Every node's resolver is an endpoint of kube-dns.

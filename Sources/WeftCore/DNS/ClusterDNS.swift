@@ -11,6 +11,9 @@
 ///   endpoint `ADDRESS-DASHED.NAME.NS.svc` on its own port, with addresses in additional.
 /// - `ADDRESS-DASHED.NAME.NS.svc`: a ready endpoint of the service (CoreDNS answers these for
 ///   every service, not only headless ones).
+/// - A headless service's endpoint whose pod sets `hostname` with `subdomain` = the service:
+///   `HOSTNAME.NAME.NS.svc` instead of its dashed address.
+/// - `ADDRESS-DASHED.NS.pod` A/AAAA: the address itself (CoreDNS `pods insecure`, kube-dns's way).
 /// - `dns-version` TXT "1.1.0" (the specification's schema version); the apex SOA.
 /// - `NS.svc` for a namespace with services, `svc` and the apex exist without records
 ///   (NODATA); any other name is NXDOMAIN. Negative answers carry the SOA.
@@ -65,6 +68,7 @@ public struct ClusterDNS: Sendable {
         var digest = "\(domain) \(ttl)"
         let svcZone = DNSName(uncheckedLabels: [Array("svc".utf8)] + domain.labels)
         interior.insert(svcZone)
+        interior.insert(DNSName(uncheckedLabels: [Array("pod".utf8)] + domain.labels))
 
         // Sorted so the zone (and its serial) does not depend on the order given.
         for (svc, endpoints) in services.sorted(by: { ($0.0.namespace, $0.0.name) < ($1.0.namespace, $1.0.name) }) {
@@ -73,10 +77,12 @@ public struct ClusterDNS: Sendable {
             let ready = endpoints.filter(\.ready)
             digest += "|\(svc.namespace)/\(svc.name) \(svc.kind) \(svc.headless) \(svc.clusterIPs) \(svc.externalName ?? "")"
             digest += " \(svc.ports.map { "\($0.name ?? "") \($0.proto) \($0.port)" })"
-            digest += " \(ready.map { ep in "\(ep.address) \(svc.ports.map { p in ep.port(for: p).map(String.init) ?? "-" })" })"
+            digest += " \(ready.map { ep in "\(ep.address) \(ep.hostname ?? "") \(svc.ports.map { p in ep.port(for: p).map(String.init) ?? "-" })" })"
             var hosts: [(ServiceEndpoint, DNSName)] = []
             for ep in ready {
-                if let h = try? base.prepending(ClusterDNS.dashed(ep.address)) { hosts.append((ep, h)) }
+                // A headless service's endpoint with a hostname goes by it; others by address.
+                let label = svc.headless ? (ep.hostname ?? ClusterDNS.dashed(ep.address)) : ClusterDNS.dashed(ep.address)
+                if let h = try? base.prepending(label) { hosts.append((ep, h)) }
             }
 
             if svc.kind == .externalName {
@@ -204,9 +210,25 @@ public struct ClusterDNS: Sendable {
         r.authority = [soa(for: apex)]
     }
 
+    /// `A-B-C-D.NAMESPACE.pod.DOMAIN` → A A.B.C.D (IPv6 with `-` for `:`): CoreDNS's `pods
+    /// insecure`, the kube-dns behaviour, answered for any address without a lookup.
+    func podAddress(_ name: DNSName) -> IPAddress? {
+        let l = name.labels
+        guard l.count == domain.labels.count + 3, String(decoding: l[2], as: UTF8.self).lowercased() == "pod",
+              DNSName(uncheckedLabels: Array(l[3...])).lowercased() == domain.lowercased() else { return nil }
+        let text = String(decoding: l[0], as: UTF8.self)
+        if let v4 = IPAddress(String(text.map { $0 == "-" ? "." : $0 })), v4.family == .v4 { return v4 }
+        return IPAddress(String(text.map { $0 == "-" ? ":" : $0 })).flatMap { $0.family == .v6 ? $0 : nil }
+    }
+
     private func answerForward(_ q: DNSQuestion, into r: inout DNSMessage) {
         if q.type == .soa && q.name == domain {
             r.answers = [soa(for: domain)]
+            return
+        }
+        if let a = podAddress(q.name) {
+            if ClusterDNS.matches(a.family == .v4 ? .a : .aaaa, q.type) { r.answers = [DNSRecord(name: q.name, ttl: ttl, data: .address(a))] }
+            else { r.authority = [soa(for: domain)] }
             return
         }
         var name = q.name

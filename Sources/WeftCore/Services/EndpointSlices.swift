@@ -55,6 +55,7 @@ public enum EndpointSlices {
             ("conditions", .object([("ready", .bool(e.ready)), ("serving", .bool(e.serving)), ("terminating", .bool(e.terminating))])),
         ]
         if let n = e.nodeName { fields.append(("nodeName", .string(n))) }
+        if let h = e.hostname { fields.append(("hostname", .string(h))) }
         if !e.pod.isEmpty { fields.append(("targetRef", .object([("kind", .string("Pod")), ("name", .string(e.pod))]))) }
         return .object(fields)
     }
@@ -105,10 +106,11 @@ public enum EndpointSlices {
             for e in slice.json["endpoints"]?.arrayValue ?? [] {
                 let c = e["conditions"]
                 let ready = c?["ready"]?.boolValue ?? true
-                let ep = ServiceEndpoint(pod: e["targetRef"]?["name"]?.stringValue ?? "", address: IPAddress(family: .v4, value: 0),
+                var ep = ServiceEndpoint(pod: e["targetRef"]?["name"]?.stringValue ?? "", address: IPAddress(family: .v4, value: 0),
                                          ready: ready, serving: c?["serving"]?.boolValue ?? ready,
                                          terminating: c?["terminating"]?.boolValue ?? false,
                                          nodeName: e["nodeName"]?.stringValue, ports: ports)
+                ep.hostname = e["hostname"]?.stringValue
                 for a in e["addresses"]?.arrayValue ?? [] {
                     guard let ip = a.stringValue.flatMap(IPAddress.init), (ip.family == .v4) == (type == "IPv4") else { continue }
                     var one = ep

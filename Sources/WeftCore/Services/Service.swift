@@ -196,6 +196,9 @@ public struct ServiceEndpoint: Sendable, Equatable {
     /// Being deleted (its pod has a deletionTimestamp).
     public var terminating: Bool
     public var nodeName: String?
+    /// The pod's `spec.hostname` when its `spec.subdomain` names this service: its DNS name
+    /// under a headless service (`HOSTNAME.SERVICE.NS.svc`).
+    public var hostname: String?
     /// Service port name ("" for an unnamed port) → the endpoint's port for it; a service port
     /// missing here (a named targetPort the pod does not declare) is not served by this endpoint.
     public var ports: [String: UInt16]
@@ -250,9 +253,13 @@ extension ClusterService {
             let readyCondition = p.status["conditions"]?.arrayValue?.first { $0["type"]?.stringValue == "Ready" }
             let serving = p.status["phase"]?.stringValue == "Running" && (readyCondition == nil || readyCondition?["status"]?.stringValue == "True")
             let terminating = p.json["metadata"]?["deletionTimestamp"] != nil
+            // As the EndpointSlice controller: a pod names itself under the service that is its subdomain.
+            let hostname = p.spec["subdomain"]?.stringValue == name ? p.spec["hostname"]?.stringValue : nil
             return ips.map {
-                ServiceEndpoint(pod: p.name, address: $0, ready: serving && !terminating, serving: serving, terminating: terminating,
-                                nodeName: p.spec["nodeName"]?.stringValue, ports: resolved)
+                var ep = ServiceEndpoint(pod: p.name, address: $0, ready: serving && !terminating, serving: serving, terminating: terminating,
+                                         nodeName: p.spec["nodeName"]?.stringValue, ports: resolved)
+                ep.hostname = hostname
+                return ep
             }
         }.sorted { ($0.pod, $0.address) < ($1.pod, $1.address) }
     }
