@@ -18,6 +18,24 @@ func wakeOnChanges(_ store: any Datastore, prefix: String, logger: Logger, metri
     }
 }
 
+/// The wake-ups of a level-based loop, as child tasks of `group`: a watch per prefix (see
+/// `wakeOnChanges`) and a tick every `resyncSeconds`. The loop reads the returned stream and
+/// recomputes everything on each element.
+func changes(of store: any Datastore, prefixes: [String], resyncSeconds: Double, logger: Logger, metrics: AgentMetrics?,
+             in group: inout ThrowingTaskGroup<Void, Error>) -> AsyncStream<Void> {
+    let (changes, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+    for prefix in prefixes {
+        group.addTask { try await wakeOnChanges(store, prefix: prefix, logger: logger, metrics: metrics, wake: wake) }
+    }
+    group.addTask {
+        while !Task.isCancelled {
+            try await Task.sleep(for: .milliseconds(Int(resyncSeconds * 1000)))
+            wake.yield()
+        }
+    }
+    return changes
+}
+
 /// For best-effort tasks in a task group that ends when any child returns: after giving up,
 /// they wait here until the group is cancelled instead of ending it.
 func waitForCancellation() async {

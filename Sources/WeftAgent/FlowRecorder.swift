@@ -73,21 +73,8 @@ final class FlowRecorder: Sendable {
             logger.error("cannot follow conntrack events; weft observe shows denials only", metadata: ["error": "\(error)"])
             return await waitForCancellation()
         }
-        let stop = Atomic(false)
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
-                let reader = Thread { [self] in
-                    while !stop.load(ordering: .relaxed) {
-                        guard let batch = try? events.receive(timeoutMilliseconds: 500) else { break }
-                        for ev in batch where ev.kind != .update && concernsPods(ev.entry) { record(flow(ev)) }
-                    }
-                    events.close()
-                    done.resume()
-                }
-                reader.start()
-            }
-        } onCancel: {
-            stop.store(true, ordering: .relaxed)
+        await readOnThread({ try events.receive(timeoutMilliseconds: 500) }, close: { events.close() }) { ev in
+            if ev.kind != .update && concernsPods(ev.entry) { record(flow(ev)) }
         }
         if !Task.isCancelled { logger.error("reading conntrack events failed; weft observe shows denials only") }
         await waitForCancellation()

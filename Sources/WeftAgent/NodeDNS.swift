@@ -32,11 +32,8 @@ struct NodeDNS: Sendable {
         var o = KubeObject(apiVersion: "discovery.k8s.io/v1", kind: "EndpointSlice", name: "kube-dns-\(node)", namespace: Self.serviceNamespace)
         o.labels = [EndpointSlices.serviceNameLabel: Self.serviceName, EndpointSlices.managedByLabel: Self.managedBy]
         o.json = o.json.setting("addressType", to: .string(hostIP.family == .v4 ? "IPv4" : "IPv6"))
-        o.json = o.json.setting("endpoints", to: .array([.object([
-            ("addresses", .array([.string(hostIP.description)])),
-            ("conditions", .object([("ready", .bool(true)), ("serving", .bool(true)), ("terminating", .bool(false))])),
-            ("nodeName", .string(node)),
-        ])]))
+        o.json = o.json.setting("endpoints", to: .array([EndpointSlices.endpointJSON(
+            ServiceEndpoint(pod: "", address: hostIP, ready: true, nodeName: node, ports: [:]))]))
         o.json = o.json.setting("ports", to: .array([
             .object([("name", .string("dns")), ("protocol", .string("UDP")), ("port", .number(Double(server.port)))]),
             .object([("name", .string("dns-tcp")), ("protocol", .string("TCP")), ("port", .number(Double(server.port)))]),

@@ -33,18 +33,10 @@ final class PolicyEnforcer: Sendable {
     let nodeAddresses = Mutex([IPAddress: String]())
 
     func run() async throws {
-        let (changes, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         try await withThrowingTaskGroup(of: Void.self) { group in
-            for prefix in [Keys.networkPolicies, Keys.pods, Keys.namespaces, Keys.endpointSlices + NodeDNS.serviceNamespace + "/", Keys.nodes] {
-                group.addTask { try await wakeOnChanges(self.store, prefix: prefix, logger: self.logger, metrics: self.metrics, wake: wake) }
-            }
-            group.addTask {
-                while !Task.isCancelled {
-                    try await Task.sleep(for: .milliseconds(Int(self.resyncSeconds * 1000)))
-                    wake.yield()
-                }
-            }
-            group.addTask { try await self.apply(changes) }
+            let wakeUps = changes(of: store, prefixes: [Keys.networkPolicies, Keys.pods, Keys.namespaces, Keys.endpointSlices + NodeDNS.serviceNamespace + "/", Keys.nodes],
+                                  resyncSeconds: resyncSeconds, logger: logger, metrics: metrics, in: &group)
+            group.addTask { try await self.apply(wakeUps) }
             group.addTask { await self.explainDenials() }
             try await group.next()
             group.cancelAll()
@@ -88,8 +80,6 @@ final class PolicyEnforcer: Sendable {
         }
     }
 
-    private final class Stop: Sendable { let flag = Atomic(false) }
-
     static func interfaceName(_ index: UInt32) -> String? {
         var buf = [CChar](repeating: 0, count: Int(IF_NAMESIZE) + 1)
         guard if_indextoname(index, &buf) != nil else { return nil }
@@ -107,33 +97,18 @@ final class PolicyEnforcer: Sendable {
             logger.error("cannot read denied packets (nflog); verdicts are still counted, not explained", metadata: ["error": "\(error)"])
             return await waitForCancellation()
         }
-        let (packets, sink) = AsyncStream.makeStream(of: LoggedPacket.self, bufferingPolicy: .bufferingNewest(1000))
-        let stop = Stop()
-        let reader = Thread {
-            while !stop.flag.load(ordering: .relaxed) {
-                guard let batch = try? log.receive(timeoutMilliseconds: 500) else { break }
-                for p in batch { sink.yield(p) }
-            }
-            log.close()
-            sink.finish()
-        }
-        reader.start()
-        await withTaskCancellationHandler {
-            for await p in packets {
-                let input = self.state.withLock { $0 }
-                let hosts = self.nodeAddresses.withLock { $0 }
-                let d = PolicyVerdict.explain(p.prefix, source: p.source, destination: p.destination, proto: p.proto,
-                                              sourcePort: p.sourcePort, destinationPort: p.destinationPort,
-                                              interface: p.inInterface.flatMap(Self.interfaceName), input: input, nodes: hosts)
-                self.metrics.denialLogged(d)
-                var f = Flow(event: d.direction == "spoofed" ? "spoofed" : "denied", verdict: .dropped, time: Date().timeIntervalSince1970, node: self.node,
-                             proto: d.proto, source: p.source, sourcePort: p.sourcePort, destination: p.destination, destinationPort: p.destinationPort)
-                f.reason = d.direction == "spoofed" ? "source address not the pod's; sent by the pod behind \(d.interface ?? "?")" : "\(d.direction): no policy allows it; isolated by \(d.policies.joined(separator: ", "))"
-                self.flows?.record(f)
-                self.logger.notice("\(d.summary)", metadata: d.metadata.mapValues { .string($0) })
-            }
-        } onCancel: {
-            stop.flag.store(true, ordering: .relaxed)
+        await readOnThread({ try log.receive(timeoutMilliseconds: 500) }, close: { log.close() }) { p in
+            let input = self.state.withLock { $0 }
+            let hosts = self.nodeAddresses.withLock { $0 }
+            let d = PolicyVerdict.explain(p.prefix, source: p.source, destination: p.destination, proto: p.proto,
+                                          sourcePort: p.sourcePort, destinationPort: p.destinationPort,
+                                          interface: p.inInterface.flatMap(Self.interfaceName), input: input, nodes: hosts)
+            self.metrics.denialLogged(d)
+            var f = Flow(event: d.direction == "spoofed" ? "spoofed" : "denied", verdict: .dropped, time: Date().timeIntervalSince1970, node: self.node,
+                         proto: d.proto, source: p.source, sourcePort: p.sourcePort, destination: p.destination, destinationPort: p.destinationPort)
+            f.reason = d.direction == "spoofed" ? "source address not the pod's; sent by the pod behind \(d.interface ?? "?")" : "\(d.direction): no policy allows it; isolated by \(d.policies.joined(separator: ", "))"
+            self.flows?.record(f)
+            self.logger.notice("\(d.summary)", metadata: d.metadata.mapValues { .string($0) })
         }
         // The reader stopped on an error: this best-effort task must not end the agent's group.
         await waitForCancellation()

@@ -29,19 +29,11 @@ struct ServiceProxy: Sendable {
     var flows: FlowRecorder?
 
     func run() async throws {
-        let (changes, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await wakeOnChanges(store, prefix: Keys.services, logger: logger, metrics: metrics, wake: wake) }
-            group.addTask { try await wakeOnChanges(store, prefix: Keys.endpointSlices, logger: logger, metrics: metrics, wake: wake) }
-            // Which nodes are live decides who announces each load balancer address.
-            group.addTask { try await wakeOnChanges(store, prefix: Keys.nodeLeases, logger: logger, metrics: metrics, wake: wake) }
-            group.addTask {
-                while !Task.isCancelled {
-                    try await Task.sleep(for: .milliseconds(Int(resyncSeconds * 1000)))
-                    wake.yield()
-                }
-            }
-            group.addTask { try await apply(changes) }
+            // Which nodes are live (node leases) decides who announces each load balancer address.
+            let wakeUps = changes(of: store, prefixes: [Keys.services, Keys.endpointSlices, Keys.nodeLeases], resyncSeconds: resyncSeconds,
+                                  logger: logger, metrics: metrics, in: &group)
+            group.addTask { try await apply(wakeUps) }
             try await group.next()
             group.cancelAll()
         }
@@ -60,17 +52,16 @@ struct ServiceProxy: Sendable {
                 }
                 dns?.update(ClusterDNS(domain: clusterDomain, entries: entries))
                 flows?.updateServices(entries)
-                defer {
-                    // After the rules changed: stale UDP flows would keep the old NAT.
-                    if let was = lastEntries { clearStale(ServiceRules.staleConntrack(from: was, to: entries)) }
-                    lastEntries = entries
-                }
                 await announce(entries)
                 let meta: Logger.Metadata = ["services": "\(entries.count)", "endpoints": "\(entries.reduce(0) { $0 + $1.endpoints.filter(\.ready).count })"]
                 let want = ServiceRules.model(entries, node: node)
                 let outcome = try table.write(want, onIncrementalFailure: { error in
                     logger.warning("incremental services update failed; replacing the table", metadata: ["error": "\(error)"])
                 })
+                // Only once the rules are in: stale UDP entries deleted before would be made
+                // again by the old rules, and a failed write must leave them for the next pass.
+                if let was = lastEntries { clearStale(ServiceRules.staleConntrack(from: was, to: entries)) }
+                lastEntries = entries
                 metrics.reconciled("services", took: ContinuousClock.now - started, failed: false)
                 metrics.nftables(table: ServiceRules.table, rules: want.chains.values.reduce(0) { $0 + $1.count },
                                  elements: want.elements.values.reduce(0) { $0 + $1.count })

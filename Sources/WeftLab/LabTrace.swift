@@ -69,7 +69,7 @@ public struct LabTrace {
         var dst = try resolve(dstSpec, pods: pods, entries: entries, nodes: nodes)
         var r = Result()
 
-        guard case .pod(_, let srcPod) = src, let srcNodeName = srcPod.node, let srcNode = nodes.first(where: { $0.name == srcNodeName }) else {
+        guard case .pod(_, let srcPod) = src, let srcNodeName = srcPod.node, nodes.contains(where: { $0.name == srcNodeName }) else {
             throw LabError("the source must be a pod (traces start in a pod's namespace); \(srcSpec) is not")
         }
         // A destination address that is a pod's or a service's is traced as that.

@@ -101,7 +101,11 @@ import Glibc
         #expect(CTNetlink.decodeEntry([]) == nil)
         #expect(CTNetlink.decodeEntry(ArraySlice(good.prefix(3))) == nil)
         // Every truncation either decodes to nil or to a whole entry; none traps.
-        for n in 0..<good.count { _ = CTNetlink.decodeEntry(ArraySlice(good.prefix(n))) }
+        let whole = CTNetlink.decodeEntry(ArraySlice(good))
+        for n in 0..<good.count {
+            let d = CTNetlink.decodeEntry(ArraySlice(good.prefix(n)))
+            #expect(d == nil || d == whole, "a truncation to \(n) bytes decoded to a different entry")
+        }
         // Without its reply tuple (only the nfgenmsg and the original tuple) there is no entry.
         var req = CTNetlink.deleteRequest(dnsEntry)
         #expect(CTNetlink.decodeEntry(ArraySlice(req.finish(seq: 0).dropFirst(16))) == nil)

@@ -19,14 +19,6 @@ struct ObservabilityTests {
         return out
     }
 
-    static func eventually(_ seconds: Double, _ body: () throws -> Bool) rethrows -> Bool {
-        let deadline = Date().addingTimeInterval(seconds)
-        while Date() < deadline {
-            if try body() { return true }
-            usleep(250_000)
-        }
-        return try body()
-    }
 
     @Test("metrics: CNI calls and errors, IPAM use, reconciles, programmed state, drops by reason, conntrack, watch lag")
     func metrics() throws {
@@ -59,7 +51,7 @@ struct ObservabilityTests {
             .first { $0["metadata"]?["name"]?.stringValue == "node0" }?["spec"]?["podCIDRs"]?.arrayValue?.compactMap(\.stringValue))
 
         var m: [String: Double] = [:]
-        #expect(Self.eventually(15) { m = (try? Self.scrape(lab, node: 0)) ?? [:]; return m["weft_cni_operation_duration_seconds_count{command=\"ADD\"}"] == 2 },
+        #expect(eventually(15) { m = (try? Self.scrape(lab, node: 0)) ?? [:]; return m["weft_cni_operation_duration_seconds_count{command=\"ADD\"}"] == 2 },
                 "two ADDs on node0: \(m.filter { $0.key.hasPrefix("weft_cni") })")
         for r in ranges {
             #expect(m["weft_ipam_addresses_allocated{range=\"\(r)\"}"] == 2, "two addresses held in \(r)")
@@ -78,19 +70,19 @@ struct ObservabilityTests {
                           "CNI_IFNAME=eth0", "CNI_PATH=/usr/lib/cni", product("weft-cni")],
                          stdin: #"{"cniVersion":"1.0.0","name":"weft","type":"weft","eventLog":"\#(eventLog)","ipam":{"ranges":[[{"subnet":"10.1.0.300/24"}]]}}"#)
         #expect(bad.status != 0 && bad.stdout.contains("\"code\": 7"), "\(bad.stdout)")
-        #expect(Self.eventually(10) { (try? Self.scrape(lab, node: 0))?["weft_cni_operation_errors_total{command=\"ADD\",code=\"7\"}"] == 1 })
+        #expect(eventually(10) { (try? Self.scrape(lab, node: 0))?["weft_cni_operation_errors_total{command=\"ADD\",code=\"7\"}"] == 1 })
 
         // Packets denied by policy are counted; the denial is explained and counted per policy.
         let before = m["weft_dropped_packets_total{reason=\"policy-ingress\"}"] ?? 0
         let denied = try sh(["ip", "netns", "exec", lab.podNS("default", "c"), product("weft"), "probe", "\(aIP):8080", "--timeout", "1500"])
         #expect(denied.status != 0)
-        #expect(Self.eventually(10) {
+        #expect(eventually(10) {
             m = (try? Self.scrape(lab, node: 0)) ?? [:]
             return (m["weft_dropped_packets_total{reason=\"policy-ingress\"}"] ?? 0) > before
                 && (m["weft_policy_denials_logged_total{direction=\"ingress\",policy=\"default/deny-a\"}"] ?? 0) >= 1
         }, "\(m.filter { $0.key.contains("dropped") || $0.key.contains("denials") })")
         // The heartbeat comes back through the watch within seconds.
-        #expect(Self.eventually(15) { ((try? Self.scrape(lab, node: 1))?["weft_datastore_watch_lag_seconds_count"] ?? 0) >= 1 })
+        #expect(eventually(15) { ((try? Self.scrape(lab, node: 1))?["weft_datastore_watch_lag_seconds_count"] ?? 0) >= 1 })
         let health = try sh(["ip", "netns", "exec", lab.nodeNS(1), "curl", "-sf", "http://127.0.0.1:9464/healthz"])
         #expect(health.stdout == "ok\n")
         // Flows are the node's own business: a pod asking node0's agent is refused.
@@ -120,7 +112,7 @@ struct ObservabilityTests {
         try #require(apply.status == 0, "\(apply.stdout)\(apply.stderr)")
         func doctor() throws -> CommandResult { try lab.run(["doctor"]) }
         var r = try CommandResult(status: 1, stdout: "", stderr: "")
-        #expect(Self.eventually(15) { r = (try? doctor()) ?? r; return r.status == 0 }, "a healthy lab: \(r.stdout)")
+        #expect(eventually(15) { r = (try? doctor()) ?? r; return r.status == 0 }, "a healthy lab: \(r.stdout)")
         #expect(r.stdout.contains("no problems found on 2 node(s)"))
         let node0 = lab.nodeNS(0)
 
@@ -147,7 +139,7 @@ struct ObservabilityTests {
         r = try doctor()
         #expect(r.status != 0 && r.stdout.contains("PROBLEM [node0] routes: no route to node1's pods \(route)"), "\(r.stdout)")
         kill(agent, SIGCONT)
-        #expect(Self.eventually(15) { (try? doctor())?.status == 0 }, "the agent puts the route back and the doctor is satisfied")
+        #expect(eventually(15) { (try? doctor())?.status == 0 }, "the agent puts the route back and the doctor is satisfied")
 
         // A rule removed by hand (the anti-spoofing rule): drift from what the agent means to hold.
         let handle = try #require(try sh(["ip", "netns", "exec", node0, "nft", "-a", "list", "chain", "inet", "weft-policy", "antispoof"]).stdout
@@ -196,7 +188,7 @@ struct ObservabilityTests {
         try #require(apply.status == 0, "\(apply.stdout)\(apply.stderr)")
         var r = try CommandResult(status: 1, stdout: "", stderr: "")
         // Allowed through the service; the trace agrees with what packets do.
-        #expect(Self.eventually(15) { r = (try? lab.run(["trace", "x/a", "svc/x/web:8000"])) ?? r; return r.status == 0 }, "\(r.stdout)\(r.stderr)")
+        #expect(eventually(15) { r = (try? lab.run(["trace", "x/a", "svc/x/web:8000"])) ?? r; return r.status == 0 }, "\(r.stdout)\(r.stderr)")
         #expect(r.stdout.contains("picks one of 1 endpoint(s) at random: b ") && r.stdout.contains("to node1's pod range over VXLAN")
                 && r.stdout.contains("ingress to x/b: allowed by x/only-a") && r.stdout.contains("=> delivered to x/b"), "\(r.stdout)")
         let vip = try #require(r.stdout.split(separator: "\n").first { $0.contains("route to 10.96.") }?.split(separator: " ").dropFirst(2).first?.dropLast())
@@ -206,9 +198,11 @@ struct ObservabilityTests {
         #expect(r.status != 0 && r.stdout.contains("=> dropped on node1: no ingress policy allows it (isolated by x/only-a)"), "\(r.stdout)")
         let bIP = try #require(r.stdout.split(separator: "\n").first { $0.contains("route to 10.244.") }?.split(separator: " ").dropFirst(2).first?.dropLast())
         #expect(try sh(["ip", "netns", "exec", lab.podNS("x", "c"), product("weft"), "probe", "\(bIP):80", "--timeout", "1000"]).status != 0)
+        #expect(try sh(["ip", "netns", "exec", lab.podNS("x", "a"), product("weft"), "probe", "\(bIP):80", "--timeout", "2000"]).stdout.hasPrefix("b "),
+                "the address the trace used is b's: x/a, which the policy allows, reaches it")
         // The same two connections as flows, from every node, named with pods and the service.
         var flows: [JSONValue] = []
-        #expect(Self.eventually(5) {
+        #expect(eventually(5) {
             flows = ((try? lab.run(["observe", "--since", "5m", "-o", "json"]))?.stdout ?? "").split(separator: "\n").compactMap { try? JSONValue.parse(String($0)) }
             return flows.contains { $0["sourcePod"]?.stringValue == "x/a" && $0["service"]?.stringValue == "x/web" && $0["destinationPod"]?.stringValue == "x/b"
                 && $0["verdict"]?.stringValue == "forwarded" && $0["node"]?.stringValue == "node0" }

@@ -101,14 +101,6 @@ struct PolicyTests {
         }
     }
 
-    static func eventually(_ seconds: Double, _ body: () throws -> Bool) rethrows -> Bool {
-        let deadline = Date().addingTimeInterval(seconds)
-        while Date() < deadline {
-            if try body() { return true }
-            usleep(200_000)
-        }
-        return try body()
-    }
 
     func inNS(_ pod: String, _ ns: String) -> Bool { pod.hasPrefix(ns + "/") }
     func named(_ names: String...) -> (String) -> Bool { { names.contains($0) } }
@@ -238,14 +230,22 @@ struct PolicyTests {
         let (flow, out) = try lab.heldFlow(from: w.ns("y/a"), to: w.target("x/a", 80, .v4), seconds: 8)
         defer { if flow.isRunning { flow.terminate() } }
         usleep(500_000)
+        // Away: the agent paused, the kernel's table alone still denies z/a.
+        let agent = try #require(try sh(["ip", "netns", "pids", lab.nodeNS(0)]).stdout.split(separator: "\n").compactMap { pid_t($0) }
+            .first { ((try? Files.readString("/proc/\($0)/cmdline")) ?? "").contains("\0agent\0") })
+        kill(agent, SIGSTOP)
+        let whileAway = try sh(["ip", "netns", "exec", w.ns("z/a"), product("weft"), "probe", w.target("x/a", 80, .v4), "--timeout", "1000"])
+        kill(agent, SIGCONT)
+        #expect(whileAway.status != 0, "z/a stays denied while the agent is away")
         let restarted = try lab.restartAgent(node: 0)
         #expect(restarted.stopped, "the agent stops on SIGTERM")
-        #expect(try sh(["ip", "netns", "exec", w.ns("z/a"), product("weft"), "probe", w.target("x/a", 80, .v4), "--timeout", "1000"]).status != 0,
-                "z/a stays denied while the agent is restarting")
         flow.waitUntilExit()
         let held = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         #expect(flow.terminationStatus == 0, "the allowed connection survived the agent's restart: \(held.suffix(300))")
         try check(w, want, "the restarted agent enforces the same")
+        // The restarted agent writes: the policy deleted, z/a gets in.
+        try delete(lab, twoPeers)
+        try check(w, Expect(w.pods), "the restarted agent follows a deletion")
     }
 
     @Test("egress: deny all but DNS and one namespace; Services judged at the backend; changes under traffic; labels; anti-spoofing; denials explained; bad policies refused")
@@ -300,13 +300,13 @@ struct PolicyTests {
         policyTypes: [Egress]
         egress: [{to: [{namespaceSelector: {matchLabels: {ns: y}}, podSelector: {matchLabels: {pod: b}}}]}]
         """))
-        #expect(Self.eventually(15) { (try? sh(["ip", "netns", "exec", w.ns("x/a"), "dig", "+time=1", "+tries=1", "@10.96.0.10", "ya.y.svc.cluster.local"]))?.status != 0 },
+        #expect(eventually(15) { try sh(["ip", "netns", "exec", w.ns("x/a"), "dig", "+time=1", "+tries=1", "@10.96.0.10", "ya.y.svc.cluster.local"]).status != 0 },
                 "DNS denied once no rule allows it")
 
         // The denial is explained on x/a's node: pod, peer, port, direction, the isolating policy.
         let node = w.pods.firstIndex(of: "x/a")! % 2
         let log = { (try? Files.readString("/run/weft/lab/\(lab.name)/node\(node)/agent.log")) ?? "" }
-        #expect(Self.eventually(10) { log().contains("policy denied egress from x/a to y/a, TCP port 80: no policy allows it; isolated by x/egress") },
+        #expect(eventually(10) { log().contains("policy denied egress from x/a to y/a, TCP port 80: no policy allows it; isolated by x/egress") },
                 "\(log().split(separator: "\n").filter { $0.contains("denied") }.suffix(5))")
 
         // Bad policies are refused, naming the field; the one in force stays in force.
@@ -389,7 +389,7 @@ struct PolicyTests {
         let dropped = counter.components(separatedBy: "packets ").dropFirst().first.flatMap { Int($0.prefix { $0.isNumber }) } ?? 0
         #expect(dropped >= 2, "both spoofed echo requests dropped at the pod's interface: \(counter)")
         #expect(honest.status == 0, "\(honest.stdout)")
-        #expect(Self.eventually(10) { log().contains("spoofed packet dropped") && log().contains("sent from \(zc)") })
+        #expect(eventually(10) { log().contains("spoofed packet dropped") && log().contains("sent from \(zc)") })
     }
 
     @Test("native routes and addresses from the host network: policy holds across nodes in every routing mode", arguments: ["native", "underlay"])

@@ -172,14 +172,6 @@ struct ServicesTests {
     }
 
     /// Polls `body` every 100 ms for up to `seconds`; true once it holds.
-    func eventually(_ seconds: Double, _ body: () throws -> Bool) rethrows -> Bool {
-        let deadline = Date().addingTimeInterval(seconds)
-        while Date() < deadline {
-            if try body() { return true }
-            usleep(100_000)
-        }
-        return try body()
-    }
 
     @Test("EndpointSlices: written for selectors, honoured from another controller; a terminating pod drains, then the service rejects")
     func endpointSlicesAndTermination() throws {
@@ -458,7 +450,9 @@ struct ServicesTests {
         #expect(slices.contains("kube-dns-node0") && slices.contains("kube-dns-node1"), "\(slices)")
         // A new service resolves as soon as it is applied.
         try #require(try lab.run(["apply", "-f", "-"], stdin: "apiVersion: v1\nkind: Service\nmetadata: {name: later}\nspec: {selector: {app: web}, ports: [{port: 81}]}\n").status == 0)
-        #expect(try eventually(5) { !(try dig("+short", "later.default.svc.cluster.local")).isEmpty })
+        let laterIP = try #require(try lab.run(["get", "services", "-o", "json"]).json?["items"]?.arrayValue?
+            .first { $0["metadata"]?["name"]?.stringValue == "later" }?["spec"]?["clusterIP"]?.stringValue)
+        #expect(try eventually(5) { try dig("+short", "later.default.svc.cluster.local") == laterIP })
     }
 
     @Test("Deployment: replicas behind a service; scaled, rolled to a new template and deleted with its pods")

@@ -15,7 +15,7 @@ struct ObservabilityBench: ParsableCommand {
         abstract: "Metrics scrape time with 1,000 pods on a node, flow visibility delay, weft trace time.")
 
     @Option(help: "Pods placed on node0 (in the datastore; node0's runtime is stopped so they are not started).") var pods = 1000
-    @Option(help: "Scrapes to time.") var scrapes = 200
+    @Option(help: "Scrapes to time.") var scrapes = 500
     @Option(help: "Connections whose flow is timed.") var flows = 30
     @Option(help: "weft trace runs to time.") var traces = 10
     @Option(help: "Lab name (starts with \"bench\").") var lab = "benchobs"

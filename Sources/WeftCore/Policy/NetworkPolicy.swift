@@ -133,7 +133,11 @@ func checkKnown(_ j: JSONValue, _ known: [String], field: String) throws(Manifes
 }
 
 public struct NetworkPolicy: Sendable, Hashable {
-    public enum Direction: String, Sendable, Hashable, CaseIterable { case ingress = "Ingress", egress = "Egress" }
+    public enum Direction: String, Sendable, Hashable, CaseIterable {
+        case ingress = "Ingress", egress = "Egress"
+        /// "ingress" or "egress", as chain names, log prefixes and messages spell it.
+        public var word: String { rawValue.lowercased() }
+    }
 
     /// Who a rule allows: pods (by pod and namespace selectors) or addresses (`ipBlock`).
     public enum Peer: Sendable, Hashable {

@@ -76,19 +76,22 @@ public enum PolicyRules {
         let readable = "np/\(p.namespace)/\(p.name)"
         return readable.utf8.count <= 200 ? readable : "np/" + hex16(fnv1a64(readable))
     }
-    public static func chainName(_ p: NetworkPolicy, _ d: NetworkPolicy.Direction) -> String { "\(prefix(p))/\(d == .ingress ? "ingress" : "egress")" }
+    public static func chainName(_ p: NetworkPolicy, _ d: NetworkPolicy.Direction) -> String { "\(prefix(p))/\(d.word)" }
     /// The local pods a policy selects: one set per namespace and selector, shared by the
     /// policies that select alike (a deny-all and an allow-this often do); fewer sets make the
     /// kernel's writes and listings cheaper (it finds sets by name in a list).
     public static func podsSet(_ p: NetworkPolicy, _ fam: String) -> String { "sel-\(hex16(fnv1a64("\(p.namespace)|\(p.podSelector)")))-\(fam)" }
 
+    /// A set of one family's addresses (with `ports`: address · protocol · port), its comment
+    /// saying what it holds.
+    static func namedSet(_ family: IPFamily, ports: Bool = false, comment: String, _ elements: [String]) -> TableModel.NamedSet {
+        .init(spec: "type \(family == .v4 ? "ipv4_addr" : "ipv6_addr")\(ports ? " . inet_proto . inet_service" : "") ; comment \(TableModel.quoted(String(comment.prefix(120)))) ;",
+              elements: Dictionary(elements.map { ($0, "") }, uniquingKeysWith: { a, _ in a }))
+    }
+
     public static func model(_ input: Input, node: String) -> TableModel {
         var m = TableModel(name: table)
         let local = input.pods.filter { $0.node == node && $0.selectable }
-        func addSet(_ name: String, type: String, comment: String, _ elements: [String]) {
-            m.sets[name] = .init(spec: "type \(type) ; comment \(TableModel.quoted(String(comment.prefix(120)))) ;",
-                                 elements: Dictionary(elements.map { ($0, "") }, uniquingKeysWith: { a, _ in a }))
-        }
         for (_, _, fam) in families {
             m.sets["ingress-pods\(fam)"] = .init(spec: "type \(fam == "4" ? "ipv4_addr" : "ipv6_addr") : verdict ;", isMap: true)
             m.sets["egress-pods\(fam)"] = .init(spec: "type \(fam == "4" ? "ipv4_addr" : "ipv6_addr") : verdict ;", isMap: true)
@@ -101,7 +104,7 @@ public enum PolicyRules {
             for d in NetworkPolicy.Direction.allCases {
                 let typed = policies.filter { $0.policyTypes.contains(d) }
                 guard !typed.isEmpty else { continue }
-                let dir = d == .ingress ? "ingress" : "egress"
+                let dir = d.word
                 let match = d == .ingress ? "daddr" : "saddr"
                 var nsRules: [String] = []
                 for p in typed {
@@ -111,7 +114,7 @@ public enum PolicyRules {
                 nsRules.append("goto \(dir)-denied")
                 m.chains["ns/\(ns)/\(dir)"] = .init(rules: nsRules)
                 // Every local pod of the namespace some policy isolates in this direction.
-                for pod in local where pod.namespace == ns && typed.contains(where: { $0.podSelector.matches(pod.labels) }) {
+                for pod in local where pod.namespace == ns && !input.isolating(pod, d).isEmpty {
                     for a in pod.addresses {
                         m.sets["\(dir)-pods\(a.family == .v4 ? "4" : "6")"]!.elements[a.description] = "jump ns/\(ns)/\(dir)"
                     }
@@ -120,8 +123,8 @@ public enum PolicyRules {
             for p in policies where m.sets[podsSet(p, "4")] == nil {
                 let sel = input.selected(by: p).filter { $0.node == node }
                 for (family, _, fam) in families {
-                    addSet(podsSet(p, fam), type: family == .v4 ? "ipv4_addr" : "ipv6_addr", comment: "pods \(p.podSelector) in \(p.namespace)",
-                           sel.flatMap(\.addresses).filter { $0.family == family }.map(\.description))
+                    m.sets[podsSet(p, fam)] = namedSet(family, comment: "pods \(p.podSelector) in \(p.namespace)",
+                                                       sel.flatMap(\.addresses).filter { $0.family == family }.map(\.description))
                 }
             }
         }
@@ -154,10 +157,9 @@ public enum PolicyRules {
 
     /// The policy chain: one `accept` per (peer, port) of each rule, per family.
     static func policyRules(_ p: NetworkPolicy, _ d: NetworkPolicy.Direction, _ input: Input, local: [PolicyPod], into m: inout TableModel) -> [String] {
-        let dir = d == .ingress ? "ingress" : "egress"
         let peerField = d == .ingress ? "saddr" : "daddr"
         var out: [String] = []
-        for (i, rule) in p.rules(d).enumerated() {
+        for rule in p.rules(d) {
             for (family, nfam, fam) in families {
                 // Peer matches for this family; nil entries are "any".
                 var peers: [String?] = []
@@ -175,8 +177,7 @@ public enum PolicyRules {
                         let matched = input.pods(of: peer, policyNamespace: p.namespace)
                         if m.sets[name] == nil {
                             let addrs = matched.filter(\.selectable).flatMap(\.addresses).filter { $0.family == family }
-                            m.sets[name] = .init(spec: "type \(family == .v4 ? "ipv4_addr" : "ipv6_addr") ; comment \(TableModel.quoted(String(key.prefix(120)))) ;",
-                                                 elements: Dictionary(addrs.map { ($0.description, "") }, uniquingKeysWith: { a, _ in a }))
+                            m.sets[name] = namedSet(family, comment: key, addrs.map(\.description))
                         }
                         peers.append("\(nfam) \(peerField) @\(name)")
                         // Peer-only stand-ins (the node DNS resolvers, at node addresses) are
@@ -192,8 +193,7 @@ public enum PolicyRules {
                                         for a in sp.addresses where a.family == family { elements.append("\(a) . \(proto) . \(port)") }
                                     }
                                 }
-                                m.sets[svcName] = .init(spec: "type \(family == .v4 ? "ipv4_addr" : "ipv6_addr") . inet_proto . inet_service ; comment \(TableModel.quoted(String(("served ports of " + key).prefix(120)))) ;",
-                                                        elements: Dictionary(elements.map { ($0, "") }, uniquingKeysWith: { a, _ in a }))
+                                m.sets[svcName] = namedSet(family, ports: true, comment: "served ports of " + key, elements)
                             }
                             peers.append("\(nfam) daddr . meta l4proto . th dport @\(svcName)")
                         }
@@ -222,8 +222,7 @@ public enum PolicyRules {
                                 for a in pod.addresses where a.family == family { elements.append("\(a) . \(l4) . \(num)") }
                             }
                             let what = d == .ingress ? "\(port.proto) port \(n) of pods \(p.podSelector) in \(p.namespace)" : "\(port.proto) port \(n) of any pod"
-                            m.sets[name] = .init(spec: "type \(family == .v4 ? "ipv4_addr" : "ipv6_addr") . inet_proto . inet_service ; comment \(TableModel.quoted(String(what.prefix(120)))) ;",
-                                                 elements: Dictionary(elements.map { ($0, "") }, uniquingKeysWith: { a, _ in a }))
+                            m.sets[name] = namedSet(family, ports: true, comment: what, elements)
                         }
                         ports.append("\(nfam) daddr . meta l4proto . th dport @\(name)")
                     }

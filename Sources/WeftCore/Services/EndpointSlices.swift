@@ -49,7 +49,7 @@ public enum EndpointSlices {
         return "\(s.name.prefix(40))-\(f == .v4 ? "v4" : "v6")-\(hex16(fnv1a64(key)).prefix(8))"
     }
 
-    static func endpointJSON(_ e: ServiceEndpoint) -> JSONValue {
+    public static func endpointJSON(_ e: ServiceEndpoint) -> JSONValue {
         var fields: [(String, JSONValue)] = [
             ("addresses", .array([.string(e.address.description)])),
             ("conditions", .object([("ready", .bool(e.ready)), ("serving", .bool(e.serving)), ("terminating", .bool(e.terminating))])),

@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 import WeftCore
 import WeftOS
@@ -162,4 +163,15 @@ func weftConfig(name: String = "testnet", mode: String = "bridge", bridge: Strin
 /// The pod addresses of an ADD result, without prefix length.
 func addresses(_ r: CommandResult) -> [String] {
     r.json?["ips"]?.arrayValue?.compactMap { $0["address"]?.stringValue?.split(separator: "/").first.map(String.init) } ?? []
+}
+
+/// Polls `body` every 100 ms until it holds or `seconds` pass; its last answer. For state the
+/// agents reach asynchronously (routes, rules, DNS zones) — tests assert the final state.
+func eventually(_ seconds: Double, _ body: () throws -> Bool) rethrows -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if try body() { return true }
+        usleep(100_000)
+    }
+    return try body()
 }
