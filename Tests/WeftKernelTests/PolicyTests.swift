@@ -300,7 +300,7 @@ struct PolicyTests {
         policyTypes: [Egress]
         egress: [{to: [{namespaceSelector: {matchLabels: {ns: y}}, podSelector: {matchLabels: {pod: b}}}]}]
         """))
-        #expect(eventually(15) { try sh(["ip", "netns", "exec", w.ns("x/a"), "dig", "+time=1", "+tries=1", "@10.96.0.10", "ya.y.svc.cluster.local"]).status != 0 },
+        #expect(try eventually(15) { try sh(["ip", "netns", "exec", w.ns("x/a"), "dig", "+time=1", "+tries=1", "@10.96.0.10", "ya.y.svc.cluster.local"]).status != 0 },
                 "DNS denied once no rule allows it")
 
         // The denial is explained on x/a's node: pod, peer, port, direction, the isolating policy.
