@@ -40,9 +40,16 @@ struct ServiceProxy: Sendable {
     }
 
     private func apply(_ changes: AsyncStream<Void>) async throws {
-        var table = TableWriter<ServiceRules.Model>(resyncSeconds: resyncSeconds, full: ServiceRules.fullScript) { have, want in
-            ServiceRules.updateScripts(from: have, to: want).map { .incremental(update: $0.update, cleanup: $0.cleanup) } ?? .none
+        // The whole table through libnftables; changes as netlink batches, which need no cache
+        // of the table and so cost what they change (see `NFTablesNetlink`).
+        let nft = LibNFTables(), netlink = NFTablesNetlink()
+        var table = TableWriter<ServiceRules.Model>(resyncSeconds: resyncSeconds, replace: { try nft.run(ServiceRules.fullScript($0)) }) { have, want in
+            guard let change = ServiceRules.changes(from: have, to: want) else { return false }
+            try netlink.apply(change.update, table: ServiceRules.table)
+            try netlink.apply(change.cleanup, table: ServiceRules.table)
+            return true
         }
+        var model = ServiceRules.Model(node: node)
         var lastEntries: [ServiceRules.Entry]?
         for await _ in changes {
             let started = ContinuousClock.now
@@ -54,7 +61,8 @@ struct ServiceProxy: Sendable {
                 flows?.updateServices(entries)
                 await announce(entries)
                 let meta: Logger.Metadata = ["services": "\(entries.count)", "endpoints": "\(entries.reduce(0) { $0 + $1.endpoints.filter(\.ready).count })"]
-                let want = ServiceRules.model(entries, node: node)
+                let want = model.updated(with: entries)
+                model = want
                 let outcome = try table.write(want, onIncrementalFailure: { error in
                     logger.warning("incremental services update failed; replacing the table", metadata: ["error": "\(error)"])
                 })
@@ -63,8 +71,7 @@ struct ServiceProxy: Sendable {
                 if let was = lastEntries { clearStale(ServiceRules.staleConntrack(from: was, to: entries)) }
                 lastEntries = entries
                 metrics.reconciled("services", took: ContinuousClock.now - started, failed: false)
-                metrics.nftables(table: ServiceRules.table, rules: want.chains.values.reduce(0) { $0 + $1.count },
-                                 elements: want.elements.values.reduce(0) { $0 + $1.count })
+                metrics.nftables(table: ServiceRules.table, rules: want.ruleCount, elements: want.elementCount)
                 switch outcome {
                 case .unchanged: break
                 case .updated: logger.info("services updated", metadata: meta)

@@ -5,41 +5,52 @@ import WeftOS
 /// written when there is one (its size follows the change, not the table), the whole table in
 /// one transaction at first, after a failed write, when only that can do it, and every
 /// `resync` (which repairs any drift). Neither touches conntrack.
-struct TableWriter<Model: Equatable> {
+struct TableWriter<Model> {
     enum Outcome { case unchanged, updated, replaced }
 
-    let nft: NFTablesRunner
-    let full: (Model) -> String
-    let diff: (Model, Model) -> TableModel.Update
+    /// Writes the whole table.
+    let replace: (Model) throws -> Void
+    /// Writes the difference from `have` to `want`: false when there is none, nil when only
+    /// replacing the table can make the change.
+    let update: (_ have: Model, _ want: Model) throws -> Bool?
     let resync: Duration
     private var applied: Model?
     private var lastFull = ContinuousClock.now
 
+    init(resyncSeconds: Double, replace: @escaping (Model) throws -> Void, update: @escaping (Model, Model) throws -> Bool?) {
+        self.replace = replace; self.update = update; resync = .milliseconds(Int(resyncSeconds * 1000))
+    }
+
+    /// Through libnftables: the whole table as `full`'s script, a change as `diff`'s scripts.
     init(nft: NFTablesRunner = LibNFTables(), resyncSeconds: Double, full: @escaping (Model) -> String,
          diff: @escaping (Model, Model) -> TableModel.Update) {
-        self.nft = nft; self.full = full; self.diff = diff; resync = .milliseconds(Int(resyncSeconds * 1000))
+        self.init(resyncSeconds: resyncSeconds, replace: { try nft.run(full($0)) }, update: { have, want in
+            switch diff(have, want) {
+            case .none: return false
+            case .full: return nil
+            case .incremental(let update, let cleanup):
+                if !update.isEmpty { try nft.run(update) }
+                if !cleanup.isEmpty { try nft.run(cleanup) }
+                return true
+            }
+        })
     }
 
     /// - onIncrementalFailure: told why an update failed before the table is replaced instead.
     mutating func write(_ want: Model, onIncrementalFailure: (Error) -> Void) throws -> Outcome {
         if let have = applied, ContinuousClock.now - lastFull < resync {
-            switch diff(have, want) {
-            case .none: return .unchanged
-            case .incremental(let update, let cleanup):
-                applied = nil   // unknown until both transactions went through
-                do {
-                    if !update.isEmpty { try nft.run(update) }
-                    if !cleanup.isEmpty { try nft.run(cleanup) }
+            applied = nil   // unknown until the update went through
+            do {
+                if let changed = try update(have, want) {
                     applied = want
-                    return .updated
-                } catch {
-                    onIncrementalFailure(error)
+                    return changed ? .updated : .unchanged
                 }
-            case .full: break
+            } catch {
+                onIncrementalFailure(error)
             }
         }
         applied = nil
-        try nft.run(full(want))
+        try replace(want)
         applied = want
         lastFull = ContinuousClock.now
         return .replaced

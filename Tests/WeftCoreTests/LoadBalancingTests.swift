@@ -33,7 +33,7 @@ struct LoadBalancingTests {
         svc.clusterIPs = [IPAddress("10.96.0.40")!]
         svc.loadBalancerIPs = [IPAddress("192.168.100.70")!]
         let script = ServiceRules.script([.init(service: svc, endpoints: svc.endpoints(from: [try T.pod("a", ip: "10.244.0.5")]))])
-        #expect(script.contains("service-ips { 192.168.100.70 . tcp . 80 : goto svc-default/web/tcp/80/external }"), "masqueraded like traffic from outside")
+        #expect(script.contains("192.168.100.70 . tcp . 80 : goto svc-default/web/tcp/80/external"), "masqueraded like traffic from outside")
     }
 
     @Test func statusAndHealthCheckPortAreReadAndChecked() throws {

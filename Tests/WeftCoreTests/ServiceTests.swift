@@ -89,17 +89,26 @@ struct ServiceTests {
         func model(_ pods: [KubeObject]) -> ServiceRules.Model {
             ServiceRules.model([.init(service: web, endpoints: web.endpoints(from: pods)), .init(service: db, endpoints: db.endpoints(from: pods))])
         }
-        let (update, cleanup) = try #require(ServiceRules.updateScripts(from: model(two), to: model(one)))
+        let (update, cleanup) = try #require(ServiceRules.changes(from: model(two), to: model(one))).text()
         #expect(update == """
+            delete element inet weft-services svc-default/web/tcp/80/pick { 1 }
             flush chain inet weft-services svc-default/web/tcp/80
-            add rule inet weft-services svc-default/web/tcp/80 numgen random mod 1 vmap { 0 : goto svc-default/web/tcp/80/ep/10.244.0.5/8080 }
+            add rule inet weft-services svc-default/web/tcp/80 numgen random mod 1 vmap @svc-default/web/tcp/80/pick
             flush chain inet weft-services svc-default/web/tcp/80/ep/10.244.1.5/8080
 
             """)
         #expect(cleanup == "delete chain inet weft-services svc-default/web/tcp/80/ep/10.244.1.5/8080\n")
-        #expect(ServiceRules.updateScripts(from: model(one), to: model(one)) == nil)
+        #expect(ServiceRules.changes(from: model(one), to: model(one)) == nil)
+        // Updated in place, only the changed service is rebuilt and looked at: the same change.
+        let inPlace = model(two)
+        let next = inPlace.updated(with: [.init(service: web, endpoints: web.endpoints(from: one)), .init(service: db, endpoints: db.endpoints(from: one))])
+        #expect(next.revision(of: "default/db") == inPlace.revision(of: "default/db"))
+        #expect(next.revision(of: "default/web") != inPlace.revision(of: "default/web"))
+        #expect(ServiceRules.changes(from: inPlace, to: next) == ServiceRules.changes(from: model(two), to: model(one)))
+        #expect(ServiceRules.changes(from: next, to: next.updated(with: [.init(service: web, endpoints: web.endpoints(from: one)),
+                                                                         .init(service: db, endpoints: db.endpoints(from: one))])) == nil)
         // The last endpoint goes: the VIP moves from the service map to the reject map.
-        let (gone, _) = try #require(ServiceRules.updateScripts(from: model(one), to: model([dbPod])))
+        let (gone, _) = try #require(ServiceRules.changes(from: model(one), to: model([dbPod]))).text()
         #expect(gone.contains("delete element inet weft-services service-ips { 10.96.0.20 . tcp . 80 }"))
         #expect(gone.contains("add element inet weft-services no-endpoint-services { 10.96.0.20 . tcp . 80 : goto reject-chain }"))
         #expect(!gone.contains("db"))

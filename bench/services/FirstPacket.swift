@@ -63,7 +63,7 @@ func firstPacket(sizes: [Int]) throws {
     var measured = try ClusterService(KubeObject(json: JSONValue.parse(spec)))
     measured.clusterIPs = [IPAddress("10.96.255.1")!]
     let target = ServiceRules.Entry(service: measured, endpoints: [ServiceEndpoint(pod: "srv", address: IPAddress("10.250.2.2")!, ready: true, nodeName: "n", ports: ["": 8080])])
-    let nft = LibNFTables()
+    let nft = LibNFTables(), netlink = NFTablesNetlink()
     var have = ServiceRules.model([target])
     try nodeNS.run { () throws(NFTablesError) in try nft.run(ServiceRules.fullScript(have)) }
     var loaded = 0
@@ -83,11 +83,11 @@ func firstPacket(sizes: [Int]) throws {
         let load = try clock.measure {
             while loaded < n {
                 let step = min(n, loaded + 1000)
-                let want = ServiceRules.model([target] + (try entries(step)))
-                if let (u, c) = ServiceRules.updateScripts(from: have, to: want) {
+                let want = have.updated(with: [target] + (try entries(step)))
+                if let c = ServiceRules.changes(from: have, to: want) {
                     try nodeNS.run { () throws(NFTablesError) in
-                        if !u.isEmpty { try nft.run(u) }
-                        if !c.isEmpty { try nft.run(c) }
+                        try netlink.apply(c.update, table: ServiceRules.table)
+                        try netlink.apply(c.cleanup, table: ServiceRules.table)
                     }
                 }
                 have = want

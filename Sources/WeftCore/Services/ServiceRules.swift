@@ -1,3 +1,5 @@
+import Synchronization
+
 /// The services dataplane as one nftables table, laid out as kube-proxy's nftables mode does:
 /// fixed chains whose lookups go through verdict maps keyed by address · protocol · port (so
 /// the cost of a lookup does not grow with the number of services), one chain per service port
@@ -8,22 +10,29 @@
 ///   the service port's chain), for packets addressed to any local address of the node.
 /// - `no-endpoint-services` / `no-endpoint-nodeports`: the same keys → reject, checked for new
 ///   connections in the filter hooks, so a service with no ready endpoint refuses at once.
+/// - A service port's chain picks an endpoint with `numgen random mod N vmap @<chain>/pick`: a
+///   named map, not an inline one, because the kernel binds each anonymous set by walking the
+///   whole transaction, which made a 10,000-service table take minutes to load.
 /// - An endpoint that reaches itself through its service (hairpin) is masqueraded, or the
 ///   reply would skip the DNAT's reversal.
 ///
-/// `model` computes what the table should hold; `fullScript` replaces the whole table in one
-/// transaction (`add`, `delete`, then the new table), so readers never see a half-built state;
-/// `updateScripts` writes only the difference between two models. Chain names are nftables
+/// The model is kept per service (`Model.updated(with:)` rebuilds only the services whose
+/// entry changed) and its rules, keys and verdicts are typed, so the same model is written as
+/// nft text (`fullScript`: the whole table in one transaction, through libnftables) or as
+/// nf_tables netlink operations (`changes(from:to:)`: only what changed, written without the
+/// cache libnftables would first fill with the whole table). Chain names are nftables
 /// identifiers built from Kubernetes names, protocols, ports and addresses (`:` written `_`).
-/// Pure: the agent runs the scripts in the node.
+/// Pure: the agent writes the table in the node.
 public enum ServiceRules {
     public static let table = "weft-services"
+    static let revisions = Atomic<Int>(0)
     static let masqMark = "0x4000"
 
     public struct Entry: Sendable, Equatable {
         public var service: ClusterService
         public var endpoints: [ServiceEndpoint]
         public init(service: ClusterService, endpoints: [ServiceEndpoint]) { self.service = service; self.endpoints = endpoints }
+        var key: String { "\(service.namespace)/\(service.name)" }
     }
 
     static func proto(_ p: String) -> String { p.lowercased() }
@@ -32,85 +41,220 @@ public enum ServiceRules {
         "svc-\(s.namespace)/\(s.name)/\(proto(p.proto))/\(p.port)"
     }
 
-    /// What the table holds beyond its fixed part: the per-service and per-endpoint chains
-    /// (name → rules, in order) and the elements of each map (map → key → verdict).
-    public struct Model: Sendable, Equatable {
-        public var chains: [String: [String]] = [:]
-        public var elements: [String: [String: String]] = [:]
-        /// Sets (name → definition): the client addresses each endpoint has under session affinity.
-        public var sets: [String: String] = [:]
+    /// A rule of a per-service chain.
+    public enum Rule: Hashable, Sendable {
+        /// `ip saddr A jump mark-for-masquerade`: an endpoint reaching itself (hairpin).
+        case masqueradeFrom(IPAddress)
+        /// `update @set { ip saddr }`: the endpoint remembers its client (session affinity).
+        case rememberClient(set: String, family: IPFamily)
+        /// `ip saddr @set goto chain`: a remembered client goes back to its endpoint.
+        case rememberedClient(set: String, family: IPFamily, chain: String)
+        /// `meta l4proto tcp dnat ip to A:P`
+        case dnat(proto: String, address: IPAddress, port: UInt16)
+        /// `numgen random mod N vmap @map`
+        case pickRandom(count: Int, map: String)
+        case jump(String)
+        case goto(String)
+        /// `meta nfproto ipv4 goto chain`
+        case gotoIfFamily(IPFamily, String)
+
+        public var text: String {
+            func ip(_ f: IPFamily) -> String { f == .v4 ? "ip" : "ip6" }
+            switch self {
+            case .masqueradeFrom(let a): return "\(ip(a.family)) saddr \(a) jump mark-for-masquerade"
+            case .rememberClient(let set, let f): return "update @\(set) { \(ip(f)) saddr }"
+            case .rememberedClient(let set, let f, let chain): return "\(ip(f)) saddr @\(set) goto \(chain)"
+            case .dnat(let p, let a, let port):
+                return "meta l4proto \(ServiceRules.proto(p)) dnat \(ip(a.family)) to \(a.family == .v4 ? "\(a)" : "[\(a)]"):\(port)"
+            case .pickRandom(let n, let map): return "numgen random mod \(n) vmap @\(map)"
+            case .jump(let c): return "jump \(c)"
+            case .goto(let c): return "goto \(c)"
+            case .gotoIfFamily(let f, let c): return "meta nfproto \(f == .v4 ? "ipv4" : "ipv6") goto \(c)"
+            }
+        }
+    }
+
+    public enum Verdict: Hashable, Sendable {
+        case goto(String)
+        case drop
+        public var text: String {
+            switch self {
+            case .goto(let c): return "goto \(c)"
+            case .drop: return "drop"
+            }
+        }
+    }
+
+    /// A key of one of the table's maps.
+    public enum Key: Hashable, Sendable {
+        /// `service-ips(6)`, `no-endpoint-services(6)`: address · protocol · port.
+        case address(IPAddress, proto: String, port: UInt16)
+        /// `service-nodeports`, `no-endpoint-nodeports`: protocol · port.
+        case nodePort(proto: String, port: UInt16)
+        /// A picker map: the random number.
+        case index(Int)
+        public var text: String {
+            switch self {
+            case .address(let a, let p, let port): return "\(a) . \(ServiceRules.proto(p)) . \(port)"
+            case .nodePort(let p, let port): return "\(ServiceRules.proto(p)) . \(port)"
+            case .index(let i): return "\(i)"
+            }
+        }
+    }
+
+    /// A named set or map of one service.
+    public enum SetKind: Hashable, Sendable {
+        /// random number → endpoint chain.
+        case picker
+        /// The client addresses an endpoint has under session affinity, each for `timeout` seconds.
+        case clients(IPFamily, timeout: Int)
+        public var text: String {
+            switch self {
+            case .picker: return "{ typeof numgen random mod 1 : verdict ; }"
+            case .clients(let f, let t): return "{ type \(f == .v4 ? "ipv4_addr" : "ipv6_addr") ; flags dynamic,timeout ; timeout \(t)s ; }"
+            }
+        }
+        var isMap: Bool { self == .picker }
+    }
+
+    /// What one service puts in the table: its chains (name → rules, in order), its own sets and
+    /// maps, and its elements of every map (map → key → verdict).
+    public struct Fragment: Sendable, Equatable {
+        public var chains: [String: [Rule]] = [:]
+        public var sets: [String: SetKind] = [:]
+        public var elements: [String: [Key: Verdict]] = [:]
         public init() {}
     }
 
-    /// - node: the node the table is for (Local traffic policies keep to its endpoints).
-    public static func model(_ entries: [Entry], node: String? = nil) -> Model {
-        var m = Model()
-        func element(_ map: String, _ key: String, _ verdict: String) { m.elements[map, default: [:]][key] = verdict }
-        for e in entries {
-            let svc = e.service
-            guard !svc.headless, svc.kind != .externalName else { continue }
-            for p in svc.ports {
-                let l4 = proto(p.proto)
-                // Per family the service has an address in (a DNAT cannot change the family):
-                // the chain traffic from inside takes (`internal`) and the one traffic from
-                // outside takes (`external`: node ports, external IPs).
-                var external: [(IPFamily, String)] = []
-                for family in [IPFamily.v4, .v6] {
-                    let vips = svc.clusterIPs.filter { $0.family == family }
-                    // External IPs and load balancer addresses: traffic from outside.
-                    let extIPs = (svc.externalIPs + svc.loadBalancerIPs).filter { $0.family == family }
-                    guard !vips.isEmpty || !extIPs.isEmpty || p.nodePort != nil else { continue }
-                    let base = chainName(svc, p) + (family == .v6 ? "/v6" : "")
-                    let candidates = e.endpoints.filter { $0.address.family == family }.compactMap { ep in ep.port(for: p).map { (ep, $0) } }
-                    let ready = usable(candidates)
-                    if ready.isEmpty {
-                        for ip in vips + extIPs { element(family == .v4 ? "no-endpoint-services" : "no-endpoint-services6", "\(ip) . \(l4) . \(p.port)", "goto reject-chain") }
-                        continue
+    /// What the table holds beyond its fixed part, per service.
+    public struct Model: Sendable {
+        struct Built: Sendable {
+            var entry: Entry
+            var fragment: Fragment
+            /// Unique to each build of a fragment (across models): the diff compares these, not fragments.
+            var revision: Int
+        }
+        /// The node the table is for (Local traffic policies keep to its endpoints).
+        public let node: String?
+        var services: [String: Built] = [:]
+        /// Which service holds each map key: two services naming one external address and port
+        /// cannot both have it, and the one that had it first keeps it.
+        var claims: [String: String] = [:]
+
+        public init(node: String? = nil) { self.node = node }
+
+        /// The model for `entries`, rebuilding only the services whose entry changed.
+        public func updated(with entries: [Entry]) -> Model {
+            var m = self
+            let keys = Set(entries.map(\.key))
+            for (k, b) in services where !keys.contains(k) {
+                m.services[k] = nil
+                m.release(k, b.fragment)
+            }
+            for e in entries {
+                let k = e.key
+                if let b = services[k], b.entry == e { continue }
+                if let b = m.services[k] { m.release(k, b.fragment) }
+                var f = ServiceRules.fragment(e, node: node)
+                for (map, items) in f.elements {
+                    for key in items.keys {
+                        let claim = "\(map) \(key.text)"
+                        if let owner = m.claims[claim], owner != k { f.elements[map]![key] = nil } else { m.claims[claim] = k }
                     }
-                    let local = usable(candidates.filter { $0.0.nodeName != nil && $0.0.nodeName == node })
-                    // A chain choosing at random among `backends` (session affinity first); nil
-                    // when there is none, and then the traffic is dropped, as Kubernetes does
-                    // for a Local policy without a local endpoint.
-                    func picker(_ name: String, _ backends: [(ServiceEndpoint, UInt16)]) -> String? {
-                        guard !backends.isEmpty else { return nil }
-                        var arms: [String] = [], sticky: [String] = []
-                        for (i, (ep, port)) in backends.enumerated() {
-                            let ec = endpointChain(svc, p, ep, port, into: &m)
-                            if svc.affinityTimeout != nil { sticky.append("\(family == .v4 ? "ip" : "ip6") saddr @\(ec)/affinity goto \(ec)") }
-                            arms.append("\(i) : goto \(ec)")
-                        }
-                        m.chains[name] = sticky + ["numgen random mod \(backends.count) vmap { \(arms.joined(separator: ", ")) }"]
-                        return name
-                    }
-                    let all = picker(base, ready)!
-                    let inside = svc.internalLocal ? picker(base + "/local", local) : all
-                    let outside: String?
-                    if p.nodePort == nil && extIPs.isEmpty {
-                        outside = nil   // no traffic from outside
-                    } else if svc.externalLocal {
-                        outside = picker(base + "/local", local)
-                    } else {
-                        // Traffic from outside comes back through this node only if masqueraded.
-                        m.chains[base + "/external"] = ["jump mark-for-masquerade", "goto \(all)"]
-                        outside = base + "/external"
-                    }
-                    let map = family == .v4 ? "service-ips" : "service-ips6"
-                    for ip in vips { element(map, "\(ip) . \(l4) . \(p.port)", inside.map { "goto \($0)" } ?? "drop") }
-                    for ip in extIPs { element(map, "\(ip) . \(l4) . \(p.port)", outside.map { "goto \($0)" } ?? "drop") }
-                    if p.nodePort != nil { external.append((family, outside ?? "drop-chain")) }
+                    if f.elements[map]!.isEmpty { f.elements[map] = nil }
                 }
-                if let np = p.nodePort {
-                    if external.isEmpty {
-                        element("no-endpoint-nodeports", "\(l4) . \(np)", "goto reject-chain")
-                    } else {
-                        let nc = "\(chainName(svc, p))/nodeport"
-                        m.chains[nc] = external.map { "meta nfproto \($0.0 == .v4 ? "ipv4" : "ipv6") goto \($0.1)" } + ["goto reject-chain"]
-                        element("service-nodeports", "\(l4) . \(np)", "goto \(nc)")
+                m.services[k] = Built(entry: e, fragment: f, revision: ServiceRules.revisions.add(1, ordering: .relaxed).newValue)
+            }
+            return m
+        }
+
+        private mutating func release(_ service: String, _ f: Fragment) {
+            for (map, items) in f.elements { for key in items.keys where claims["\(map) \(key.text)"] == service { claims["\(map) \(key.text)"] = nil } }
+        }
+
+        /// The build of `service` ("namespace/name") the model holds: equal in two models when
+        /// the second kept the first's fragment.
+        public func revision(of service: String) -> Int? { services[service]?.revision }
+        public var fragments: [Fragment] { services.keys.sorted().map { services[$0]!.fragment } }
+        public var ruleCount: Int { services.values.reduce(0) { $0 + $1.fragment.chains.values.reduce(0) { $0 + $1.count } } }
+        public var elementCount: Int { services.values.reduce(0) { $0 + $1.fragment.elements.values.reduce(0) { $0 + $1.count } } }
+        /// Every chain of the table beyond the fixed ones (name → rules).
+        public var chains: [String: [Rule]] { services.values.reduce(into: [:]) { $0.merge($1.fragment.chains) { a, _ in a } } }
+    }
+
+    /// - node: the node the table is for (Local traffic policies keep to its endpoints).
+    public static func model(_ entries: [Entry], node: String? = nil) -> Model { Model(node: node).updated(with: entries) }
+
+    /// What one service puts in the table.
+    static func fragment(_ e: Entry, node: String?) -> Fragment {
+        var f = Fragment()
+        func element(_ map: String, _ key: Key, _ verdict: Verdict) { f.elements[map, default: [:]][key] = verdict }
+        let svc = e.service
+        guard !svc.headless, svc.kind != .externalName else { return f }
+        for p in svc.ports {
+            // Per family the service has an address in (a DNAT cannot change the family):
+            // the chain traffic from inside takes (`internal`) and the one traffic from
+            // outside takes (`external`: node ports, external IPs).
+            var external: [(IPFamily, String)] = []
+            for family in [IPFamily.v4, .v6] {
+                let vips = svc.clusterIPs.filter { $0.family == family }
+                // External IPs and load balancer addresses: traffic from outside.
+                let extIPs = (svc.externalIPs + svc.loadBalancerIPs).filter { $0.family == family }
+                guard !vips.isEmpty || !extIPs.isEmpty || p.nodePort != nil else { continue }
+                let base = chainName(svc, p) + (family == .v6 ? "/v6" : "")
+                let candidates = e.endpoints.filter { $0.address.family == family }.compactMap { ep in ep.port(for: p).map { (ep, $0) } }
+                let ready = usable(candidates)
+                if ready.isEmpty {
+                    for ip in vips + extIPs {
+                        element(family == .v4 ? "no-endpoint-services" : "no-endpoint-services6", .address(ip, proto: p.proto, port: p.port), .goto("reject-chain"))
                     }
+                    continue
+                }
+                let local = usable(candidates.filter { $0.0.nodeName != nil && $0.0.nodeName == node })
+                // A chain choosing at random among `backends` (session affinity first); nil
+                // when there is none, and then the traffic is dropped, as Kubernetes does
+                // for a Local policy without a local endpoint.
+                func picker(_ name: String, _ backends: [(ServiceEndpoint, UInt16)]) -> String? {
+                    guard !backends.isEmpty else { return nil }
+                    var sticky: [Rule] = []
+                    let map = "\(name)/pick"
+                    f.sets[map] = .picker
+                    for (i, (ep, port)) in backends.enumerated() {
+                        let ec = endpointChain(svc, p, ep, port, into: &f)
+                        if svc.affinityTimeout != nil { sticky.append(.rememberedClient(set: "\(ec)/affinity", family: family, chain: ec)) }
+                        element(map, .index(i), .goto(ec))
+                    }
+                    f.chains[name] = sticky + [.pickRandom(count: backends.count, map: map)]
+                    return name
+                }
+                let all = picker(base, ready)!
+                let inside = svc.internalLocal ? picker(base + "/local", local) : all
+                let outside: String?
+                if p.nodePort == nil && extIPs.isEmpty {
+                    outside = nil   // no traffic from outside
+                } else if svc.externalLocal {
+                    outside = picker(base + "/local", local)
+                } else {
+                    // Traffic from outside comes back through this node only if masqueraded.
+                    f.chains[base + "/external"] = [.jump("mark-for-masquerade"), .goto(all)]
+                    outside = base + "/external"
+                }
+                let map = family == .v4 ? "service-ips" : "service-ips6"
+                for ip in vips { element(map, .address(ip, proto: p.proto, port: p.port), inside.map { .goto($0) } ?? .drop) }
+                for ip in extIPs { element(map, .address(ip, proto: p.proto, port: p.port), outside.map { .goto($0) } ?? .drop) }
+                if p.nodePort != nil { external.append((family, outside ?? "drop-chain")) }
+            }
+            if let np = p.nodePort {
+                if external.isEmpty {
+                    element("no-endpoint-nodeports", .nodePort(proto: p.proto, port: np), .goto("reject-chain"))
+                } else {
+                    let nc = "\(chainName(svc, p))/nodeport"
+                    f.chains[nc] = external.map { Rule.gotoIfFamily($0.0, $0.1) } + [.goto("reject-chain")]
+                    element("service-nodeports", .nodePort(proto: p.proto, port: np), .goto(nc))
                 }
             }
         }
-        return m
+        return f
     }
 
     /// The endpoints traffic goes to (see `ServiceEndpoint.takingTraffic`).
@@ -120,20 +264,105 @@ public enum ServiceRules {
 
     /// The chain that DNATs to one endpoint (and remembers its clients under session
     /// affinity). Named by address and port, so it stays while other endpoints come and go.
-    static func endpointChain(_ svc: ClusterService, _ p: ClusterService.Port, _ ep: ServiceEndpoint, _ port: UInt16, into m: inout Model) -> String {
+    static func endpointChain(_ svc: ClusterService, _ p: ClusterService.Port, _ ep: ServiceEndpoint, _ port: UInt16, into f: inout Fragment) -> String {
         let ec = "\(chainName(svc, p))/ep/\(ep.address.description.replacingColons())/\(port)"
-        let fam = ep.address.family == .v4 ? "ip" : "ip6"
-        let dest = ep.address.family == .v4 ? "\(ep.address):\(port)" : "[\(ep.address)]:\(port)"
-        var rules = ["\(fam) saddr \(ep.address) jump mark-for-masquerade"]   // hairpin
+        var rules: [Rule] = [.masqueradeFrom(ep.address)]   // hairpin
         if let timeout = svc.affinityTimeout {
             // Session affinity as kube-proxy does it: each endpoint remembers its clients for
             // the timeout; a remembered client goes straight back (see `picker`).
-            m.sets["\(ec)/affinity"] = "{ type \(ep.address.family == .v4 ? "ipv4_addr" : "ipv6_addr") ; flags dynamic,timeout ; timeout \(timeout)s ; }"
-            rules.append("update @\(ec)/affinity { \(fam) saddr }")
+            f.sets["\(ec)/affinity"] = .clients(ep.address.family, timeout: timeout)
+            rules.append(.rememberClient(set: "\(ec)/affinity", family: ep.address.family))
         }
-        rules.append("meta l4proto \(proto(p.proto)) dnat \(fam) to \(dest)")
-        m.chains[ec] = rules
+        rules.append(.dnat(proto: p.proto, address: ep.address, port: port))
+        f.chains[ec] = rules
         return ec
+    }
+
+    /// One change to the table's per-service part.
+    public enum Op: Hashable, Sendable {
+        case addSet(String, SetKind)
+        case addChain(String)
+        /// Empties a chain (its rules go; the chain stays).
+        case flushChain(String)
+        case addRule(chain: String, Rule)
+        case addElements(map: String, [Key: Verdict])
+        case deleteElements(map: String, [Key])
+        case deleteChain(String)
+        case deleteSet(String, SetKind)
+
+        /// As an nft command (after `add`/`delete` … the table); elements in statements of at
+        /// most 1,000 (one statement per element is slow to parse; one of 100,000 slow to build).
+        public func text(table t: String) -> String {
+            switch self {
+            case .addSet(let n, let kind): return "add \(kind.isMap ? "map" : "set") \(t) \(n) \(kind.text)\n"
+            case .addChain(let n): return "add chain \(t) \(n)\n"
+            case .flushChain(let n): return "flush chain \(t) \(n)\n"
+            case .addRule(let c, let r): return "add rule \(t) \(c) \(r.text)\n"
+            case .addElements(let map, let items):
+                let all = items.map { "\($0.key.text) : \($0.value.text)" }.sorted()
+                return stride(from: 0, to: all.count, by: 1000).map { "add element \(t) \(map) { \(all[$0..<min($0 + 1000, all.count)].joined(separator: ", ")) }\n" }.joined()
+            case .deleteElements(let map, let keys):
+                let all = keys.map(\.text).sorted()
+                return stride(from: 0, to: all.count, by: 1000).map { "delete element \(t) \(map) { \(all[$0..<min($0 + 1000, all.count)].joined(separator: ", ")) }\n" }.joined()
+            case .deleteChain(let n): return "delete chain \(t) \(n)\n"
+            case .deleteSet(let n, let kind): return "delete \(kind.isMap ? "map" : "set") \(t) \(n)\n"
+            }
+        }
+    }
+
+    /// A change as two transactions: `update` adds and rewrites (new sets and chains, changed
+    /// chains flushed and refilled, elements deleted and added), so every lookup switches at
+    /// once; `cleanup` then deletes the chains and sets nothing refers to any more.
+    public struct Change: Sendable, Equatable {
+        public var update: [Op] = []
+        public var cleanup: [Op] = []
+        public var isEmpty: Bool { update.isEmpty && cleanup.isEmpty }
+        public func text(table: String = "inet \(ServiceRules.table)") -> (update: String, cleanup: String) {
+            (update.map { $0.text(table: table) }.joined(), cleanup.map { $0.text(table: table) }.joined())
+        }
+    }
+
+    /// What goes from `old` to `new`: only the services whose fragment was rebuilt are looked
+    /// at, so its cost follows the change, not the table. Nil when nothing changed.
+    public static func changes(from old: Model, to new: Model) -> Change? {
+        var was = Fragment(), now = Fragment()
+        for (k, b) in old.services where new.services[k]?.revision != b.revision { merge(b.fragment, into: &was) }
+        for (k, b) in new.services where old.services[k]?.revision != b.revision { merge(b.fragment, into: &now) }
+        let c = changes(from: was, to: now)
+        return c.isEmpty ? nil : c
+    }
+
+    static func merge(_ f: Fragment, into m: inout Fragment) {
+        m.chains.merge(f.chains) { a, _ in a }
+        m.sets.merge(f.sets) { a, _ in a }
+        for (map, items) in f.elements { m.elements[map, default: [:]].merge(items) { a, _ in a } }
+    }
+
+    static func changes(from old: Fragment, to new: Fragment) -> Change {
+        var c = Change()
+        for map in old.elements.keys.sorted() {
+            let now = new.elements[map] ?? [:]
+            let gone = old.elements[map]!.filter { now[$0.key] != $0.value }.keys.sorted { $0.text < $1.text }
+            if !gone.isEmpty { c.update.append(.deleteElements(map: map, gone)) }
+        }
+        // A set whose kind changed cannot be redefined in place: its `add` fails, and the agent
+        // then replaces the whole table (which only forgets who had affinity).
+        for n in new.sets.keys.sorted() where old.sets[n] != new.sets[n] { c.update.append(.addSet(n, new.sets[n]!)) }
+        for n in new.chains.keys.sorted() where old.chains[n] == nil { c.update.append(.addChain(n)) }
+        for n in new.chains.keys.sorted() where old.chains[n] != new.chains[n] {
+            if old.chains[n] != nil { c.update.append(.flushChain(n)) }
+            c.update += new.chains[n]!.map { .addRule(chain: n, $0) }
+        }
+        // Chains about to go are emptied first, so nothing refers to them or their sets.
+        for n in old.chains.keys.sorted() where new.chains[n] == nil { c.update.append(.flushChain(n)) }
+        for map in new.elements.keys.sorted() {
+            let was = old.elements[map] ?? [:]
+            let added = new.elements[map]!.filter { was[$0.key] != $0.value }
+            if !added.isEmpty { c.update.append(.addElements(map: map, added)) }
+        }
+        for n in old.chains.keys.sorted() where new.chains[n] == nil { c.cleanup.append(.deleteChain(n)) }
+        for n in old.sets.keys.sorted() where new.sets[n] == nil { c.cleanup.append(.deleteSet(n, old.sets[n]!)) }
+        return c
     }
 
     /// The whole table, replacing whatever is there, in one transaction.
@@ -178,47 +407,11 @@ public enum ServiceRules {
             s += "add chain \(t) filter-\(hook) { type filter hook \(hook) priority -110 ; }\n"
             s += "add rule \(t) filter-\(hook) ct state new jump endpoints-check\n"
         }
-        for name in m.sets.keys.sorted() { s += "add set \(t) \(name) \(m.sets[name]!)\n" }
-        for name in m.chains.keys.sorted() { s += "add chain \(t) \(name)\n" }
-        for name in m.chains.keys.sorted() { for r in m.chains[name]! { s += "add rule \(t) \(name) \(r)\n" } }
-        for map in m.elements.keys.sorted() {
-            for (k, v) in m.elements[map]!.sorted(by: { $0.key < $1.key }) { s += "add element \(t) \(map) { \(k) : \(v) }\n" }
-        }
+        var all = Fragment()
+        for f in m.fragments { merge(f, into: &all) }
+        s += changes(from: Fragment(), to: all).update.map { $0.text(table: t) }.joined()
         return s
     }
-
-    /// The change from `old` to `new` as two transactions: the first adds and rewrites what
-    /// changed (new chains, changed chains flushed and refilled, map elements deleted and
-    /// added), so every lookup switches at once; the second deletes chains nothing refers to
-    /// any more. Its size follows the change, not the table: one endpoint's change touches its
-    /// service's chains and elements only. Nil when nothing changed.
-    public static func updateScripts(from old: Model, to new: Model) -> (update: String, cleanup: String)? {
-        guard old != new else { return nil }
-        let t = "inet \(table)"
-        var s = ""
-        for map in Set(old.elements.keys).union(new.elements.keys).sorted() {
-            let was = old.elements[map] ?? [:], now = new.elements[map] ?? [:]
-            for (k, v) in was.sorted(by: { $0.key < $1.key }) where now[k] != v { s += "delete element \(t) \(map) { \(k) }\n" }
-        }
-        // A set whose timeout changed cannot be redefined in place: its `add set` fails, and the
-        // agent then replaces the whole table (which only forgets who had affinity).
-        for name in new.sets.keys.sorted() where old.sets[name] != new.sets[name] { s += "add set \(t) \(name) \(new.sets[name]!)\n" }
-        for name in new.chains.keys.sorted() where old.chains[name] == nil { s += "add chain \(t) \(name)\n" }
-        for name in new.chains.keys.sorted() where old.chains[name] != new.chains[name] {
-            if old.chains[name] != nil { s += "flush chain \(t) \(name)\n" }
-            for r in new.chains[name]! { s += "add rule \(t) \(name) \(r)\n" }
-        }
-        for name in old.chains.keys.sorted() where new.chains[name] == nil { s += "flush chain \(t) \(name)\n" }
-        for map in new.elements.keys.sorted() {
-            let was = old.elements[map] ?? [:]
-            for (k, v) in new.elements[map]!.sorted(by: { $0.key < $1.key }) where was[k] != v { s += "add element \(t) \(map) { \(k) : \(v) }\n" }
-        }
-        var cleanup = ""
-        for name in old.chains.keys.sorted() where new.chains[name] == nil { cleanup += "delete chain \(t) \(name)\n" }
-        for name in old.sets.keys.sorted() where new.sets[name] == nil { cleanup += "delete set \(t) \(name)\n" }
-        return (s, cleanup)
-    }
-
 }
 
 extension String {

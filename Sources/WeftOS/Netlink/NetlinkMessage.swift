@@ -6,11 +6,12 @@ struct NetlinkRequest {
     private(set) var bytes: [UInt8] = []
     private var nests: [Int] = []
 
-    init(type: some BinaryInteger, flags: some BinaryInteger) {
+    /// - ack: ask for an ACK; off in nf_tables batches, where only errors are answered.
+    init(type: some BinaryInteger, flags: some BinaryInteger, ack: Bool = true) {
         bytes.reserveCapacity(256)
         append(UInt32(0))                    // nlmsg_len, patched in `finish`
         append(UInt16(truncatingIfNeeded: type))
-        append(UInt16(truncatingIfNeeded: k(flags) | NLM_F_REQUEST | NLM_F_ACK))
+        append(UInt16(truncatingIfNeeded: k(flags) | NLM_F_REQUEST | (ack ? NLM_F_ACK : 0)))
         append(UInt32(0))                    // seq, set by the socket
         append(UInt32(0))                    // pid: kernel fills
     }
@@ -39,6 +40,8 @@ struct NetlinkRequest {
     mutating func attr(_ type: some BinaryInteger, u16 v: UInt16) { attr(type, withUnsafeBytes(of: v.littleEndian, Array.init)) }
     mutating func attr(_ type: some BinaryInteger, u32 v: UInt32) { attr(type, withUnsafeBytes(of: v.littleEndian, Array.init)) }
     mutating func attr(_ type: some BinaryInteger, be16 v: UInt16) { attr(type, withUnsafeBytes(of: v.bigEndian, Array.init)) }
+    mutating func attr(_ type: some BinaryInteger, be32 v: UInt32) { attr(type, withUnsafeBytes(of: v.bigEndian, Array.init)) }
+    mutating func attr(_ type: some BinaryInteger, be64 v: UInt64) { attr(type, withUnsafeBytes(of: v.bigEndian, Array.init)) }
 
     /// `flagged` sets NLA_F_NESTED; iproute2 leaves it off except where the kernel looks at it.
     mutating func beginNest(_ type: some BinaryInteger, flagged: Bool = false) {

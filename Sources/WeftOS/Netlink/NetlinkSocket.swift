@@ -98,6 +98,62 @@ public final class NetlinkSocket {
         }
     }
 
+    /// Sends an nf_tables batch (BEGIN, `messages`, END) in one write and returns once the
+    /// kernel has applied or refused it: it processes and commits the batch inside the write, so
+    /// every error it has (one per refused message, or one for the commit) is queued by then.
+    /// Messages ask for no ACK, as `nft` does, so a batch of any size answers only its errors.
+    /// - describe: what message `i` does, for the error.
+    func sendBatch(_ messages: [NetlinkRequest], describe: (Int) -> String) throws(NetlinkError) {
+        var wire: [UInt8] = []
+        func batchMark(_ type: Int32) -> [UInt8] {
+            var m = NetlinkRequest(type: type, flags: 0, ack: false)
+            m.append(UInt8(AF_UNSPEC))
+            m.append(UInt8(NFNETLINK_V0))
+            m.append(UInt16(NFNL_SUBSYS_NFTABLES).bigEndian)
+            seq &+= 1
+            return m.finish(seq: seq)
+        }
+        wire += batchMark(k(NFNL_MSG_BATCH_BEGIN))
+        let first = seq &+ 1
+        for var m in messages {
+            seq &+= 1
+            wire += m.finish(seq: seq)
+        }
+        wire += batchMark(k(NFNL_MSG_BATCH_END))
+        // The kernel refuses a message larger than the send buffer.
+        var size = Int32(clamping: wire.count + 65536)
+        if wire.count > 200_000 { _ = setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size, socklen_t(MemoryLayout<Int32>.size)) }
+        let sent = wire.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
+        guard sent == wire.count else { throw NetlinkError(operation: "send an nf_tables batch of \(messages.count) messages", errno: sent < 0 ? Glibc.errno : EIO) }
+        var failure: NetlinkError?
+        while true {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+            if n < 0 {
+                let e = Glibc.errno
+                if e == EINTR { continue }
+                if e == EAGAIN || e == EWOULDBLOCK { break }
+                // ENOBUFS: more errors than the receive buffer holds; the batch failed all the same.
+                throw failure ?? NetlinkError(operation: "apply an nf_tables batch of \(messages.count) messages", errno: e)
+            }
+            var i = 0
+            while i + 16 <= n {
+                let len = Int(load(UInt32.self, at: i))
+                let type = load(UInt16.self, at: i + 4)
+                let flags = load(UInt16.self, at: i + 6)
+                let mseq = load(UInt32.self, at: i + 8)
+                guard len >= 16, i + len <= n else { break }
+                defer { i += (len + 3) & ~3 }
+                guard type == UInt16(NLMSG_ERROR), failure == nil else { continue }
+                let err = Int32(bitPattern: load(UInt32.self, at: i + 16))
+                guard err != 0 else { continue }
+                let index = Int(mseq &- first)
+                let what = index >= 0 && index < messages.count ? describe(index) : "commit an nf_tables batch of \(messages.count) messages"
+                failure = NetlinkError(operation: what, errno: -err, kernelMessage: extAckMessage(buffer[(i + 16)..<(i + len)], flags: flags))
+            }
+        }
+        if let failure { throw failure }
+    }
+
     private func load<T: FixedWidthInteger>(_: T.Type, at off: Int) -> T {
         buffer.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: off, as: T.self) }
     }

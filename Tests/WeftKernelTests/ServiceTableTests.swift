@@ -1,0 +1,125 @@
+import Foundation
+import Testing
+import WeftCore
+import WeftOS
+
+/// The services table's changes written as raw nf_tables netlink batches: the kernel must end
+/// up holding exactly what libnftables writes for the same model, for every kind of rule, set
+/// and element; a refused batch changes nothing.
+@Suite(.serialized) struct ServiceTableTests {
+    static func service(_ name: String, _ spec: String) throws -> ClusterService {
+        let j = try JSONValue.parse(Array(#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"\#(name)","namespace":"t"},"spec":\#(spec)}"#.utf8))
+        return try ClusterService(KubeObject(json: j))
+    }
+
+    static func endpoint(_ pod: String, _ ip: String, node: String = "n0", ready: Bool = true) -> ServiceEndpoint {
+        ServiceEndpoint(pod: pod, address: IPAddress(ip)!, ready: ready, nodeName: node, ports: ["": 8080, "dns": 53])
+    }
+
+    /// Services covering every rule shape: dual-stack, node ports with Local policy, session
+    /// affinity in both families, external IPs, UDP and SCTP, no endpoints.
+    static func entries(_ endpoints: [String: [ServiceEndpoint]]) throws -> [ServiceRules.Entry] {
+        var web = try service("web", #"{"type":"NodePort","ipFamilyPolicy":"PreferDualStack","ports":[{"port":80,"targetPort":8080,"nodePort":30080}],"sessionAffinity":"ClientIP","sessionAffinityConfig":{"clientIP":{"timeoutSeconds":60}}}"#)
+        web.clusterIPs = [IPAddress("10.96.0.10")!, IPAddress("fd00:96::10")!]
+        var local = try service("local", #"{"type":"NodePort","externalTrafficPolicy":"Local","internalTrafficPolicy":"Local","ports":[{"port":81,"targetPort":8080,"nodePort":30081}],"externalIPs":["192.0.2.7"]}"#)
+        local.clusterIPs = [IPAddress("10.96.0.11")!]
+        var dns = try service("dns", #"{"ports":[{"name":"dns","port":53,"protocol":"UDP","targetPort":"dns"},{"name":"s","port":9,"protocol":"SCTP","targetPort":8080}]}"#)
+        dns.clusterIPs = [IPAddress("10.96.0.12")!]
+        var empty = try service("empty", #"{"ports":[{"port":82}]}"#)
+        empty.clusterIPs = [IPAddress("10.96.0.13")!]
+        return [web, local, dns, empty].map { .init(service: $0, endpoints: endpoints[$0.name] ?? []) }
+    }
+
+    /// `nft list table` made comparable: blocks sorted by name, each map's elements sorted
+    /// (the kernel lists chains in the order they were made and elements in hash order).
+    static func canonical(_ listing: String) -> [String] {
+        var blocks: [String] = [], current: [String] = []
+        for raw in listing.split(separator: "\n") {
+            let line = raw.trimmingCharacters(in: .whitespaces)
+            if line.hasPrefix("chain ") || line.hasPrefix("map ") || line.hasPrefix("set ") {
+                current = [line]
+            } else if line == "}" && !current.isEmpty {
+                var text = current.joined(separator: "\n")
+                if let open = text.range(of: "elements = { "), let close = text.range(of: " }", range: open.upperBound..<text.endIndex) {
+                    let items = text[open.upperBound..<close.lowerBound].split(separator: ",").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+                    text = text[..<open.upperBound] + items.sorted().joined(separator: ", ") + text[close.lowerBound...]
+                }
+                blocks.append(text)
+                current = []
+            } else if !current.isEmpty {
+                current.append(line)
+            }
+        }
+        return blocks.sorted()
+    }
+
+    @Test func netlinkChangesLeaveWhatAFullSyncWrites() throws {
+        let lab = try KernelLab()
+        defer { lab.close() }
+        let ns = try NetworkNamespace(path: "/run/netns/\(lab.node)")
+        let a = Self.endpoint("a", "10.244.0.5"), b = Self.endpoint("b", "10.244.1.5", node: "n1"), a6 = Self.endpoint("a6", "fd00:244::5")
+        let c = Self.endpoint("c", "10.244.2.5")
+        let steps: [[String: [ServiceEndpoint]]] = [
+            ["web": [a, b, a6], "local": [a, b], "dns": [a]],
+            // An endpoint added, one gone, a family gone, a service losing all, one gaining its first.
+            ["web": [a, c], "local": [b], "dns": [], "empty": [c]],
+            ["web": [b, a6, c], "local": [a, c], "dns": [a, b]],
+            [:],
+        ]
+        let nft = LibNFTables(), netlink = NFTablesNetlink()
+        var model = ServiceRules.Model(node: "n0")
+        var seenOps = Set<String>(), seenRules = Set<String>()
+        for (i, step) in steps.enumerated() {
+            let want = model.updated(with: try Self.entries(step))
+            if i == 0 {
+                try ns.run { () throws(NFTablesError) in try nft.run(ServiceRules.fullScript(want)) }
+            } else {
+                let change = try #require(ServiceRules.changes(from: model, to: want))
+                for op in change.update + change.cleanup {
+                    seenOps.insert(String("\(op)".prefix { $0 != "(" }))
+                    if case .addRule(_, let r) = op { seenRules.insert(String("\(r)".prefix { $0 != "(" })) }
+                }
+                try ns.run { () throws(NFTablesError) in
+                    try netlink.apply(change.update, table: ServiceRules.table)
+                    try netlink.apply(change.cleanup, table: ServiceRules.table)
+                }
+            }
+            model = want
+            let written = try ns.run { () throws(NFTablesError) in try nft.list(table: ServiceRules.table, family: "inet") } ?? ""
+            // The same model written whole by libnftables, in a second namespace.
+            try lab.addNamespace(lab.id + "-ref\(i)")
+            let ref = try NetworkNamespace(path: "/run/netns/\(lab.id)-ref\(i)")
+            let expected = try ref.run { () throws(NFTablesError) -> String in
+                try nft.run(ServiceRules.fullScript(ServiceRules.model(try! Self.entries(step), node: "n0")))
+                return try nft.list(table: ServiceRules.table, family: "inet") ?? ""
+            }
+            #expect(Self.canonical(written) == Self.canonical(expected), "step \(i):\n\(written)")
+            #expect(Self.canonical(written).count > 12, "the listing was read")
+        }
+        // Every kind of operation and rule went through netlink at least once.
+        #expect(seenOps == ["addSet", "addChain", "flushChain", "addRule", "addElements", "deleteElements", "deleteChain", "deleteSet"])
+        #expect(seenRules == ["masqueradeFrom", "rememberClient", "rememberedClient", "dnat", "pickRandom", "jump", "goto", "gotoIfFamily"])
+    }
+
+    @Test func aRefusedBatchChangesNothingAndSaysWhy() throws {
+        let lab = try KernelLab()
+        defer { lab.close() }
+        let ns = try NetworkNamespace(path: "/run/netns/\(lab.node)")
+        let nft = LibNFTables(), netlink = NFTablesNetlink()
+        let model = ServiceRules.model(try Self.entries(["web": [Self.endpoint("a", "10.244.0.5")]]), node: "n0")
+        try ns.run { () throws(NFTablesError) in try nft.run(ServiceRules.fullScript(model)) }
+        let before = try ns.run { () throws(NFTablesError) in try nft.list(table: ServiceRules.table, family: "inet") } ?? ""
+        let bad: [ServiceRules.Op] = [.addChain("new-chain"), .addElements(map: "service-ips", [.address(IPAddress("10.96.0.99")!, proto: "TCP", port: 80): .goto("new-chain")]),
+                                      .addRule(chain: "no-such-chain", .jump("new-chain"))]
+        let error = try #require(throws: NFTablesError.self) {
+            try ns.run { () throws(NFTablesError) in try netlink.apply(bad, table: ServiceRules.table) }
+        }
+        #expect(error.message.contains("add rule inet weft-services no-such-chain jump new-chain"), "names the refused operation: \(error.message)")
+        let after = try ns.run { () throws(NFTablesError) in try nft.list(table: ServiceRules.table, family: "inet") } ?? ""
+        #expect(after == before, "nothing of the batch applied")
+        // The writer still works after a refusal.
+        try ns.run { () throws(NFTablesError) in try netlink.apply(Array(bad.prefix(2)), table: ServiceRules.table) }
+        let now = try ns.run { () throws(NFTablesError) in try nft.list(table: ServiceRules.table, family: "inet") } ?? ""
+        #expect(now.contains("chain new-chain") && now.contains("10.96.0.99 . tcp . 80 : goto new-chain"))
+    }
+}
