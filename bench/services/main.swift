@@ -52,8 +52,8 @@ let netns = try NetworkNamespace(path: "/run/netns/\(ns)")
 let clock = ContinuousClock()
 
 say("weft-bench-services — \(Date()) — \(ProcessInfo.processInfo.activeProcessorCount) CPUs")
-say("| services × endpoints | script | render | full sync (apply) | one-endpoint change p50 / p99 (diff + netlink) | the same through libnftables, p50 | RSS after |")
-say("| --- | --- | --- | --- | --- | --- | --- |")
+say("| services × endpoints | script | render | full sync (apply) | one-endpoint change p50 / p99 (diff + netlink) | of which the diff, p50 | the same through libnftables, p50 | RSS after |")
+say("| --- | --- | --- | --- | --- | --- | --- | --- |")
 for n in sizes {
     let base = try entries(n)
     var script = ""
@@ -65,14 +65,18 @@ for n in sizes {
     // batches; and, for comparison, the same kind of change written as nft scripts through
     // libnftables, as weft did before (3 changes: each costs seconds at 10,000 services).
     let netlink = NFTablesNetlink()
-    var changes: [Double] = [], scripted: [Double] = []
+    var changes: [Double] = [], scripted: [Double] = [], computing: [Double] = []
     var have = ServiceRules.model(base)
     for k in 1...24 {
         let changed = try entries(n, shift: 1000 + k)   // service 0's first endpoint moves
         let viaLibnftables = k > 21
+        var computed = Duration.zero
         let d = try clock.measure {
+            let t0 = ContinuousClock.now
             let want = have.updated(with: changed)
-            if let c = ServiceRules.changes(from: have, to: want) {
+            let change = ServiceRules.changes(from: have, to: want)
+            computed = ContinuousClock.now - t0
+            if let c = change {
                 try netns.run { () throws(NFTablesError) in
                     if viaLibnftables {
                         let (u, x) = c.text()
@@ -86,12 +90,12 @@ for n in sizes {
             }
             have = want
         }
-        if viaLibnftables { scripted.append(ms(d)) } else if k > 1 { changes.append(ms(d)) }
+        if viaLibnftables { scripted.append(ms(d)) } else if k > 1 { changes.append(ms(d)); computing.append(ms(computed)) }
     }
     // A check that the kernel holds what was sent: the map has n entries.
     let listed = try netns.run { () throws(NFTablesError) in try nft.list(table: ServiceRules.table, family: "inet") } ?? ""
     let elements = listed.components(separatedBy: ". tcp . 80 : goto").count - 1
     guard elements == n else { fatalError("expected \(n) service-ips elements, the kernel lists \(elements)") }
-    say(String(format: "| %d × 10 | %.1f MB | %.0f ms | %.0f ms | %.1f / %.1f ms | %.0f ms | %.0f MiB |", n, Double(script.utf8.count) / 1e6, ms(render), ms(apply),
-                 percentile(changes, 0.5), percentile(changes, 0.99), percentile(scripted, 0.5), rssMiB()))
+    say(String(format: "| %d × 10 | %.1f MB | %.0f ms | %.0f ms | %.1f / %.1f ms | %.1f ms | %.0f ms | %.0f MiB |", n, Double(script.utf8.count) / 1e6, ms(render), ms(apply),
+                 percentile(changes, 0.5), percentile(changes, 0.99), percentile(computing, 0.5), percentile(scripted, 0.5), rssMiB()))
 }
