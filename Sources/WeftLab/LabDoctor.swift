@@ -32,10 +32,8 @@ public struct LabDoctor {
             want.podAddresses = Set(pods.filter { $0.nodeName == node.name && $0.spec["hostNetwork"]?.boolValue != true }.flatMap { p in
                 (p.status["podIPs"]?.arrayValue ?? []).compactMap { $0["ip"]?.stringValue.flatMap(IPAddress.init) }
             })
-            want.tables = [
-                ServiceRules.table: Doctor.ruleCounts(script: ServiceRules.fullScript(ServiceRules.model(entries, node: node.name))),
-                PolicyRules.table: PolicyRules.model(policyInput, node: node.name).chains.mapValues(\.rules.count),
-            ]
+            want.tables = Doctor.ruleCounts(script: ServiceRules.fullScript(ServiceRules.model(entries, node: node.name)))
+            want.tables[PolicyRules.table] = PolicyRules.model(policyInput, node: node.name).chains.mapValues(\.rules.count)
             do {
                 findings += Doctor.check(try observe(node), want)
             } catch {
@@ -73,7 +71,7 @@ public struct LabDoctor {
             o.conntrackCount = (try? Files.readString("/proc/sys/net/netfilter/nf_conntrack_count")).flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
             o.conntrackMax = (try? Files.readString("/proc/sys/net/netfilter/nf_conntrack_max")).flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
             let nft = LibNFTables()
-            for t in [ServiceRules.table, PolicyRules.table] { if let c = try nft.ruleCounts(table: t) { o.tables[t] = c } }
+            for t in ServiceRules.tables + [PolicyRules.table] { if let c = try nft.ruleCounts(table: t) { o.tables[t] = c } }
             o.agentAnswers = Self.healthz(port: AgentClient.port)
         }
         return o

@@ -70,7 +70,8 @@ struct ServiceTests {
         let pods = [try Self.pod("a", ip: "10.244.0.5"), try Self.pod("b", ip: "10.244.1.5")]
         let script = ServiceRules.script([.init(service: web, endpoints: web.endpoints(from: pods)),
                                           .init(service: empty, endpoints: empty.endpoints(from: pods))])
-        #expect(script.contains("add element inet weft-services service-ips { 10.96.0.20 . tcp . 80 : goto svc-default/web/tcp/80 }"))
+        let shard = ServiceRules.table(for: web)
+        #expect(script.contains("add element inet \(shard) service-ips { 10.96.0.20 . tcp . 80 : goto svc-default/web/tcp/80 }"))
         #expect(script.contains("numgen random mod 2 vmap"))
         #expect(script.contains("dnat ip to 10.244.0.5:8080") && script.contains("dnat ip to 10.244.1.5:8080"))
         #expect(script.contains("service-nodeports { tcp . 30080 : goto svc-default/web/tcp/80/nodeport }"))
@@ -89,15 +90,17 @@ struct ServiceTests {
         func model(_ pods: [KubeObject]) -> ServiceRules.Model {
             ServiceRules.model([.init(service: web, endpoints: web.endpoints(from: pods)), .init(service: db, endpoints: db.endpoints(from: pods))])
         }
+        let t = ServiceRules.table(for: web)
+        #expect(t != ServiceRules.table(for: db), "the two services are in different shards")
         let (update, cleanup) = try #require(ServiceRules.changes(from: model(two), to: model(one))).text()
         #expect(update == """
-            delete element inet weft-services svc-default/web/tcp/80/pick { 1 }
-            flush chain inet weft-services svc-default/web/tcp/80
-            add rule inet weft-services svc-default/web/tcp/80 numgen random mod 1 vmap @svc-default/web/tcp/80/pick
-            flush chain inet weft-services svc-default/web/tcp/80/ep/10.244.1.5/8080
+            delete element inet \(t) svc-default/web/tcp/80/pick { 1 }
+            flush chain inet \(t) svc-default/web/tcp/80
+            add rule inet \(t) svc-default/web/tcp/80 numgen random mod 1 vmap @svc-default/web/tcp/80/pick
+            flush chain inet \(t) svc-default/web/tcp/80/ep/10.244.1.5/8080
 
             """)
-        #expect(cleanup == "delete chain inet weft-services svc-default/web/tcp/80/ep/10.244.1.5/8080\n")
+        #expect(cleanup == "delete chain inet \(t) svc-default/web/tcp/80/ep/10.244.1.5/8080\n")
         #expect(ServiceRules.changes(from: model(one), to: model(one)) == nil)
         // Updated in place, only the changed service is rebuilt and looked at: the same change.
         let inPlace = model(two)
@@ -108,8 +111,10 @@ struct ServiceTests {
         #expect(ServiceRules.changes(from: next, to: next.updated(with: [.init(service: web, endpoints: web.endpoints(from: one)),
                                                                          .init(service: db, endpoints: db.endpoints(from: one))])) == nil)
         // The last endpoint goes: the VIP moves from the service map to the reject map.
-        let (gone, _) = try #require(ServiceRules.changes(from: model(one), to: model([dbPod]))).text()
-        #expect(gone.contains("delete element inet weft-services service-ips { 10.96.0.20 . tcp . 80 }"))
+        let goneChange = try #require(ServiceRules.changes(from: model(one), to: model([dbPod])))
+        #expect(Set((goneChange.update + goneChange.cleanup).map(\.table)) == [t, ServiceRules.table], "its shard and the front table only")
+        let (gone, _) = goneChange.text()
+        #expect(gone.contains("delete element inet \(t) service-ips { 10.96.0.20 . tcp . 80 }"))
         #expect(gone.contains("add element inet weft-services no-endpoint-services { 10.96.0.20 . tcp . 80 : goto reject-chain }"))
         #expect(!gone.contains("db"))
     }

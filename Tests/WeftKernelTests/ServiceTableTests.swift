@@ -53,6 +53,14 @@ import WeftOS
         return blocks.sorted()
     }
 
+    /// Every table of the services dataplane, canonical, each block named by its table.
+    static func listing(_ ns: NetworkNamespace, _ nft: LibNFTables) throws -> [String] {
+        try ServiceRules.tables.flatMap { t in
+            let text = try ns.run { () throws(NFTablesError) in try nft.list(table: t, family: "inet") } ?? ""
+            return canonical(text).map { "\(t): \($0)" }
+        }
+    }
+
     @Test func netlinkChangesLeaveWhatAFullSyncWrites() throws {
         let lab = try KernelLab()
         defer { lab.close() }
@@ -68,37 +76,37 @@ import WeftOS
         ]
         let nft = LibNFTables(), netlink = NFTablesNetlink()
         var model = ServiceRules.Model(node: "n0")
-        var seenOps = Set<String>(), seenRules = Set<String>()
+        var seenOps = Set<String>(), seenRules = Set<String>(), seenTables = Set<String>()
         for (i, step) in steps.enumerated() {
             let want = model.updated(with: try Self.entries(step))
             if i == 0 {
                 try ns.run { () throws(NFTablesError) in try nft.run(ServiceRules.fullScript(want)) }
             } else {
                 let change = try #require(ServiceRules.changes(from: model, to: want))
-                for op in change.update + change.cleanup {
-                    seenOps.insert(String("\(op)".prefix { $0 != "(" }))
-                    if case .addRule(_, let r) = op { seenRules.insert(String("\(r)".prefix { $0 != "(" })) }
+                for placed in change.update + change.cleanup {
+                    seenOps.insert(String("\(placed.op)".prefix { $0 != "(" }))
+                    if case .addRule(_, let r) = placed.op { seenRules.insert(String("\(r)".prefix { $0 != "(" })) }
+                    seenTables.insert(placed.table)
                 }
                 try ns.run { () throws(NFTablesError) in
-                    try netlink.apply(change.update, table: ServiceRules.table)
-                    try netlink.apply(change.cleanup, table: ServiceRules.table)
+                    try netlink.apply(change.update)
+                    try netlink.apply(change.cleanup)
                 }
             }
             model = want
-            let written = try ns.run { () throws(NFTablesError) in try nft.list(table: ServiceRules.table, family: "inet") } ?? ""
+            let written = try Self.listing(ns, nft)
             // The same model written whole by libnftables, in a second namespace.
             try lab.addNamespace(lab.id + "-ref\(i)")
             let ref = try NetworkNamespace(path: "/run/netns/\(lab.id)-ref\(i)")
-            let expected = try ref.run { () throws(NFTablesError) -> String in
-                try nft.run(ServiceRules.fullScript(ServiceRules.model(try! Self.entries(step), node: "n0")))
-                return try nft.list(table: ServiceRules.table, family: "inet") ?? ""
-            }
-            #expect(Self.canonical(written) == Self.canonical(expected), "step \(i):\n\(written)")
-            #expect(Self.canonical(written).count > 12, "the listing was read")
+            try ref.run { () throws(NFTablesError) in try nft.run(ServiceRules.fullScript(ServiceRules.model(try! Self.entries(step), node: "n0"))) }
+            let expected = try Self.listing(ref, nft)
+            #expect(written == expected, "step \(i):\n\(written.joined(separator: "\n"))")
+            #expect(written.count > 8 * ServiceRules.tables.count, "every table was read")
         }
         // Every kind of operation and rule went through netlink at least once.
         #expect(seenOps == ["addSet", "addChain", "flushChain", "addRule", "addElements", "deleteElements", "deleteChain", "deleteSet"])
         #expect(seenRules == ["masqueradeFrom", "rememberClient", "rememberedClient", "dnat", "pickRandom", "jump", "goto", "gotoIfFamily"])
+        #expect(seenTables.contains(ServiceRules.table) && seenTables.count > 2, "the front table and several shards changed: \(seenTables)")
     }
 
     @Test func aRefusedBatchChangesNothingAndSaysWhy() throws {
@@ -108,18 +116,23 @@ import WeftOS
         let nft = LibNFTables(), netlink = NFTablesNetlink()
         let model = ServiceRules.model(try Self.entries(["web": [Self.endpoint("a", "10.244.0.5")]]), node: "n0")
         try ns.run { () throws(NFTablesError) in try nft.run(ServiceRules.fullScript(model)) }
-        let before = try ns.run { () throws(NFTablesError) in try nft.list(table: ServiceRules.table, family: "inet") } ?? ""
-        let bad: [ServiceRules.Op] = [.addChain("new-chain"), .addElements(map: "service-ips", [.address(IPAddress("10.96.0.99")!, proto: "TCP", port: 80): .goto("new-chain")]),
-                                      .addRule(chain: "no-such-chain", .jump("new-chain"))]
+        let before = try Self.listing(ns, nft)
+        // Across two tables: a chain and an element in a shard, a rule naming a chain that does not exist.
+        let shard = ServiceRules.shardTable(3)
+        let bad: [ServiceRules.TableOp] = [
+            .init(table: shard, op: .addChain("new-chain")),
+            .init(table: shard, op: .addElements(map: "service-ips", [.address(IPAddress("10.96.0.99")!, proto: "TCP", port: 80): .goto("new-chain")])),
+            .init(table: ServiceRules.table, op: .addElements(map: "no-endpoint-services", [.address(IPAddress("10.96.0.98")!, proto: "TCP", port: 80): .goto("reject-chain")])),
+            .init(table: shard, op: .addRule(chain: "no-such-chain", .jump("new-chain"))),
+        ]
         let error = try #require(throws: NFTablesError.self) {
-            try ns.run { () throws(NFTablesError) in try netlink.apply(bad, table: ServiceRules.table) }
+            try ns.run { () throws(NFTablesError) in try netlink.apply(bad) }
         }
-        #expect(error.message.contains("add rule inet weft-services no-such-chain jump new-chain"), "names the refused operation: \(error.message)")
-        let after = try ns.run { () throws(NFTablesError) in try nft.list(table: ServiceRules.table, family: "inet") } ?? ""
-        #expect(after == before, "nothing of the batch applied")
+        #expect(error.message.contains("add rule inet \(shard) no-such-chain jump new-chain"), "names the refused operation: \(error.message)")
+        #expect(try Self.listing(ns, nft) == before, "nothing of the batch applied")
         // The writer still works after a refusal.
-        try ns.run { () throws(NFTablesError) in try netlink.apply(Array(bad.prefix(2)), table: ServiceRules.table) }
-        let now = try ns.run { () throws(NFTablesError) in try nft.list(table: ServiceRules.table, family: "inet") } ?? ""
-        #expect(now.contains("chain new-chain") && now.contains("10.96.0.99 . tcp . 80 : goto new-chain"))
+        try ns.run { () throws(NFTablesError) in try netlink.apply(Array(bad.prefix(3))) }
+        let now = try Self.listing(ns, nft).joined(separator: "\n")
+        #expect(now.contains("\(shard): chain new-chain") && now.contains("10.96.0.99 . tcp . 80 : goto new-chain") && now.contains("10.96.0.98 . tcp . 80 : goto reject-chain"))
     }
 }

@@ -86,8 +86,8 @@ func firstPacket(sizes: [Int]) throws {
                 let want = have.updated(with: [target] + (try entries(step)))
                 if let c = ServiceRules.changes(from: have, to: want) {
                     try nodeNS.run { () throws(NFTablesError) in
-                        try netlink.apply(c.update, table: ServiceRules.table)
-                        try netlink.apply(c.cleanup, table: ServiceRules.table)
+                        try netlink.apply(c.update)
+                        try netlink.apply(c.cleanup)
                     }
                 }
                 have = want

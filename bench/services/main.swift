@@ -83,8 +83,8 @@ for n in sizes {
                         try nft.run(u)
                         if !x.isEmpty { try nft.run(x) }
                     } else {
-                        try netlink.apply(c.update, table: ServiceRules.table)
-                        try netlink.apply(c.cleanup, table: ServiceRules.table)
+                        try netlink.apply(c.update)
+                        try netlink.apply(c.cleanup)
                     }
                 }
             }

@@ -60,12 +60,13 @@ public struct NodeExpectation: Sendable {
 
 public enum Doctor {
     /// Rules per chain of a full nftables script (`add rule FAMILY TABLE CHAIN …` lines).
-    public static func ruleCounts(script: String) -> [String: Int] {
-        var out: [String: Int] = [:]
+    /// Table → chain → rule count.
+    public static func ruleCounts(script: String) -> [String: [String: Int]] {
+        var out: [String: [String: Int]] = [:]
         for line in script.split(separator: "\n") {
             let f = line.split(separator: " ", maxSplits: 5)
-            if f.count >= 5, f[0] == "add", f[1] == "chain" { out[String(f[4]), default: 0] += 0 }
-            if f.count >= 5, f[0] == "add", f[1] == "rule" { out[String(f[4]), default: 0] += 1 }
+            if f.count >= 5, f[0] == "add", f[1] == "chain" { out[String(f[3]), default: [:]][String(f[4]), default: 0] += 0 }
+            if f.count >= 5, f[0] == "add", f[1] == "rule" { out[String(f[3]), default: [:]][String(f[4]), default: 0] += 1 }
         }
         return out
     }

@@ -10,6 +10,12 @@ import Synchronization
 ///   the service port's chain), for packets addressed to any local address of the node.
 /// - `no-endpoint-services` / `no-endpoint-nodeports`: the same keys → reject, checked for new
 ///   connections in the filter hooks, so a service with no ready endpoint refuses at once.
+/// - The services are spread over `shardCount` tables of that layout (`weft-services-0` …), each
+///   hooked into NAT: the kernel validates the whole jump graph of every table a transaction
+///   touches, so a change costs the walk of one shard, not of every service. A new connection
+///   looks its address up in the shards until one DNATs it (the kernel stops at the first NAT).
+///   The front table `weft-services` holds what is not per service: the filter hooks with the
+///   no-endpoint maps, and the masquerade of marked traffic.
 /// - A service port's chain picks an endpoint with `numgen random mod N vmap @<chain>/pick`: a
 ///   named map, not an inline one, because the kernel binds each anonymous set by walking the
 ///   whole transaction, which made a 10,000-service table take minutes to load.
@@ -24,7 +30,17 @@ import Synchronization
 /// identifiers built from Kubernetes names, protocols, ports and addresses (`:` written `_`).
 /// Pure: the agent writes the table in the node.
 public enum ServiceRules {
+    /// The front table (see above); the services' own chains are in `shardTable(_:)`s.
     public static let table = "weft-services"
+    public static let shardCount = 16
+    public static func shardTable(_ i: Int) -> String { "weft-services-\(i)" }
+    /// Every table the services dataplane writes.
+    public static var tables: [String] { [table] + (0..<shardCount).map(shardTable) }
+    /// The table holding a service's chains and its elements of `service-ips(6)` and `service-nodeports`.
+    public static func table(for service: ClusterService) -> String { table(forKey: "\(service.namespace)/\(service.name)") }
+    static func table(forKey key: String) -> String { shardTable(Int(fnv1a64(key) % UInt64(shardCount))) }
+    /// Maps in the front table; every other map is in the service's shard.
+    static func inFront(_ map: String) -> Bool { map.hasPrefix("no-endpoint-") }
     static let revisions = Atomic<Int>(0)
     static let masqMark = "0x4000"
 
@@ -120,10 +136,12 @@ public enum ServiceRules {
     /// What one service puts in the table: its chains (name → rules, in order), its own sets and
     /// maps, and its elements of every map (map → key → verdict).
     public struct Fragment: Sendable, Equatable {
+        /// The shard table its chains, sets and (but for the no-endpoint maps') elements are in.
+        public var table: String
         public var chains: [String: [Rule]] = [:]
         public var sets: [String: SetKind] = [:]
         public var elements: [String: [Key: Verdict]] = [:]
-        public init() {}
+        public init(table: String) { self.table = table }
     }
 
     /// What the table holds beyond its fixed part, per service.
@@ -187,7 +205,7 @@ public enum ServiceRules {
 
     /// What one service puts in the table.
     static func fragment(_ e: Entry, node: String?) -> Fragment {
-        var f = Fragment()
+        var f = Fragment(table: table(forKey: e.key))
         func element(_ map: String, _ key: Key, _ verdict: Verdict) { f.elements[map, default: [:]][key] = verdict }
         let svc = e.service
         guard !svc.headless, svc.kind != .externalName else { return f }
@@ -310,26 +328,56 @@ public enum ServiceRules {
         }
     }
 
+    /// An operation on one of the tables.
+    public struct TableOp: Hashable, Sendable {
+        public var table: String
+        public var op: Op
+        public init(table: String, op: Op) { self.table = table; self.op = op }
+        public var text: String { op.text(table: "inet \(table)") }
+    }
+
     /// A change as two transactions: `update` adds and rewrites (new sets and chains, changed
     /// chains flushed and refilled, elements deleted and added), so every lookup switches at
     /// once; `cleanup` then deletes the chains and sets nothing refers to any more.
     public struct Change: Sendable, Equatable {
-        public var update: [Op] = []
-        public var cleanup: [Op] = []
+        public var update: [TableOp] = []
+        public var cleanup: [TableOp] = []
         public var isEmpty: Bool { update.isEmpty && cleanup.isEmpty }
-        public func text(table: String = "inet \(ServiceRules.table)") -> (update: String, cleanup: String) {
-            (update.map { $0.text(table: table) }.joined(), cleanup.map { $0.text(table: table) }.joined())
+        public func text() -> (update: String, cleanup: String) {
+            (update.map(\.text).joined(), cleanup.map(\.text).joined())
         }
+    }
+
+    /// The same, within one table.
+    struct TableChange {
+        var update: [Op] = []
+        var cleanup: [Op] = []
     }
 
     /// What goes from `old` to `new`: only the services whose fragment was rebuilt are looked
     /// at, so its cost follows the change, not the table. Nil when nothing changed.
     public static func changes(from old: Model, to new: Model) -> Change? {
-        var was = Fragment(), now = Fragment()
-        for (k, b) in old.services where new.services[k]?.revision != b.revision { merge(b.fragment, into: &was) }
-        for (k, b) in new.services where old.services[k]?.revision != b.revision { merge(b.fragment, into: &now) }
-        let c = changes(from: was, to: now)
+        var was: [String: Fragment] = [:], now: [String: Fragment] = [:]
+        for (k, b) in old.services where new.services[k]?.revision != b.revision { merge(b.fragment, into: &was[b.fragment.table, default: Fragment(table: b.fragment.table)]) }
+        for (k, b) in new.services where old.services[k]?.revision != b.revision { merge(b.fragment, into: &now[b.fragment.table, default: Fragment(table: b.fragment.table)]) }
+        var deletes: [TableOp] = [], rest: [TableOp] = [], cleanup: [TableOp] = []
+        for t in Set(was.keys).union(now.keys).sorted() {
+            let c = changes(from: was[t] ?? Fragment(table: t), to: now[t] ?? Fragment(table: t))
+            for op in c.update {
+                if case .deleteElements = op { deletes.append(placed(op, t)) } else { rest.append(placed(op, t)) }
+            }
+            cleanup += c.cleanup.map { placed($0, t) }
+        }
+        // Every element deleted before any is added: a key may pass from one service to another.
+        let c = Change(update: deletes + rest, cleanup: cleanup)
         return c.isEmpty ? nil : c
+    }
+
+    static func placed(_ op: Op, _ shard: String) -> TableOp {
+        switch op {
+        case .addElements(let map, _), .deleteElements(let map, _): return TableOp(table: inFront(map) ? table : shard, op: op)
+        default: return TableOp(table: shard, op: op)
+        }
     }
 
     static func merge(_ f: Fragment, into m: inout Fragment) {
@@ -338,8 +386,8 @@ public enum ServiceRules {
         for (map, items) in f.elements { m.elements[map, default: [:]].merge(items) { a, _ in a } }
     }
 
-    static func changes(from old: Fragment, to new: Fragment) -> Change {
-        var c = Change()
+    static func changes(from old: Fragment, to new: Fragment) -> TableChange {
+        var c = TableChange()
         for map in old.elements.keys.sorted() {
             let now = new.elements[map] ?? [:]
             let gone = old.elements[map]!.filter { now[$0.key] != $0.value }.keys.sorted { $0.text < $1.text }
@@ -374,27 +422,12 @@ public enum ServiceRules {
         add table \(t)
         delete table \(t)
         add table \(t)
-        add map \(t) service-ips { type ipv4_addr . inet_proto . inet_service : verdict ; }
-        add map \(t) service-ips6 { type ipv6_addr . inet_proto . inet_service : verdict ; }
-        add map \(t) service-nodeports { type inet_proto . inet_service : verdict ; }
         add map \(t) no-endpoint-services { type ipv4_addr . inet_proto . inet_service : verdict ; }
         add map \(t) no-endpoint-services6 { type ipv6_addr . inet_proto . inet_service : verdict ; }
         add map \(t) no-endpoint-nodeports { type inet_proto . inet_service : verdict ; }
-        add chain \(t) services
-        add rule \(t) services ip daddr . meta l4proto . th dport vmap @service-ips
-        add rule \(t) services ip6 daddr . meta l4proto . th dport vmap @service-ips6
-        add rule \(t) services fib daddr type local meta l4proto . th dport vmap @service-nodeports
-        add chain \(t) nat-prerouting { type nat hook prerouting priority dstnat ; }
-        add rule \(t) nat-prerouting jump services
-        add chain \(t) nat-output { type nat hook output priority -100 ; }
-        add rule \(t) nat-output jump services
         add chain \(t) nat-postrouting { type nat hook postrouting priority srcnat ; }
         add rule \(t) nat-postrouting meta mark & \(masqMark) != 0 meta mark set meta mark ^ \(masqMark) masquerade
-        add chain \(t) mark-for-masquerade
-        add rule \(t) mark-for-masquerade meta mark set meta mark | \(masqMark)
         add chain \(t) reject-chain
-        add chain \(t) drop-chain
-        add rule \(t) drop-chain drop
         add rule \(t) reject-chain meta l4proto tcp reject with tcp reset
         add rule \(t) reject-chain reject
         add chain \(t) endpoints-check
@@ -407,9 +440,41 @@ public enum ServiceRules {
             s += "add chain \(t) filter-\(hook) { type filter hook \(hook) priority -110 ; }\n"
             s += "add rule \(t) filter-\(hook) ct state new jump endpoints-check\n"
         }
-        var all = Fragment()
-        for f in m.fragments { merge(f, into: &all) }
-        s += changes(from: Fragment(), to: all).update.map { $0.text(table: t) }.joined()
+        var shards: [String: Fragment] = [:]
+        for f in m.fragments { merge(f, into: &shards[f.table, default: Fragment(table: f.table)]) }
+        var front: [Op] = []
+        for i in 0..<shardCount {
+            let st = shardTable(i), t = "inet \(st)"
+            s += """
+            add table \(t)
+            delete table \(t)
+            add table \(t)
+            add map \(t) service-ips { type ipv4_addr . inet_proto . inet_service : verdict ; }
+            add map \(t) service-ips6 { type ipv6_addr . inet_proto . inet_service : verdict ; }
+            add map \(t) service-nodeports { type inet_proto . inet_service : verdict ; }
+            add chain \(t) services
+            add rule \(t) services ip daddr . meta l4proto . th dport vmap @service-ips
+            add rule \(t) services ip6 daddr . meta l4proto . th dport vmap @service-ips6
+            add rule \(t) services fib daddr type local meta l4proto . th dport vmap @service-nodeports
+            add chain \(t) nat-prerouting { type nat hook prerouting priority dstnat ; }
+            add rule \(t) nat-prerouting jump services
+            add chain \(t) nat-output { type nat hook output priority -100 ; }
+            add rule \(t) nat-output jump services
+            add chain \(t) mark-for-masquerade
+            add rule \(t) mark-for-masquerade meta mark set meta mark | \(masqMark)
+            add chain \(t) reject-chain
+            add rule \(t) reject-chain meta l4proto tcp reject with tcp reset
+            add rule \(t) reject-chain reject
+            add chain \(t) drop-chain
+            add rule \(t) drop-chain drop
+
+            """
+            guard let f = shards[st] else { continue }
+            for op in changes(from: Fragment(table: st), to: f).update {
+                if case .addElements(let map, _) = op, inFront(map) { front.append(op) } else { s += op.text(table: t) }
+            }
+        }
+        s += front.map { $0.text(table: t) }.joined()
         return s
     }
 }

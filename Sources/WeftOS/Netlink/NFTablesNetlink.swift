@@ -11,8 +11,14 @@ import Glibc
 /// rules, sets and elements are all referred to by name, so no cache is needed. The socket
 /// belongs to the network namespace of the thread that makes the first write.
 public protocol NFTablesOpsWriter: AnyObject {
-    /// Applies `ops` to `inet table` in one transaction: all of them or, on an error, none.
-    func apply(_ ops: [ServiceRules.Op], table: String) throws(NFTablesError)
+    /// Applies `ops` (to `inet` tables) in one transaction: all of them or, on an error, none.
+    func apply(_ ops: [ServiceRules.TableOp]) throws(NFTablesError)
+}
+
+extension NFTablesOpsWriter {
+    public func apply(_ ops: [ServiceRules.Op], table: String) throws(NFTablesError) {
+        try apply(ops.map { ServiceRules.TableOp(table: table, op: $0) })
+    }
 }
 
 public final class NFTablesNetlink: NFTablesOpsWriter {
@@ -20,17 +26,17 @@ public final class NFTablesNetlink: NFTablesOpsWriter {
 
     public init() {}
 
-    public func apply(_ ops: [ServiceRules.Op], table: String) throws(NFTablesError) {
+    public func apply(_ ops: [ServiceRules.TableOp]) throws(NFTablesError) {
         guard !ops.isEmpty else { return }
         var messages: [NetlinkRequest] = [], from: [Int] = []
         for (i, op) in ops.enumerated() {
-            let m = NFTMessages.encode(op, table: table, id: UInt32(i + 1))
+            let m = NFTMessages.encode(op.op, table: op.table, id: UInt32(i + 1))
             messages += m
             from += Array(repeating: i, count: m.count)
         }
         do {
             if socket == nil { socket = try NetlinkSocket(protocol: NETLINK_NETFILTER) }
-            try socket!.sendBatch(messages) { ops[from[$0]].text(table: "inet \(table)").trimmingTrailingNewlines() }
+            try socket!.sendBatch(messages) { ops[from[$0]].text.trimmingTrailingNewlines() }
         } catch {
             throw NFTablesError(message: "\(error)")
         }
