@@ -4,15 +4,52 @@ import WeftCore
 /// `weft doctor` computes exactly what the agent would write.
 public enum DesiredState {
     /// Services with the endpoints their slices give; `skipped` is told of services weft cannot read.
-    public static func serviceEntries(_ store: any Datastore, skipped: (KubeObject) -> Void = { _ in }) async throws -> [ServiceRules.Entry] {
-        let services = try await store.list(prefix: Keys.services).items.compactMap { try? KubeObject(bytes: $0.value) }
-        let slices = try await store.list(prefix: Keys.endpointSlices).items.compactMap { try? KubeObject(bytes: $0.value) }
+    /// Each entry's `source` is the datastore revisions it was made from, and with a `cache`
+    /// (kept between passes) an unchanged service's entry is reused, not parsed and built again.
+    public static func serviceEntries(_ store: any Datastore, cache: ServiceCache? = nil,
+                                      skipped: (KubeObject) -> Void = { _ in }) async throws -> [ServiceRules.Entry] {
+        let services = try await store.list(prefix: Keys.services).items
+        // Slices by the service they name: one pass, not one per service.
+        var slices: [String: [(revision: Int64, key: String, value: [UInt8])]] = [:]
+        for kv in try await store.list(prefix: Keys.endpointSlices).items {
+            // Keys are PREFIX/NAMESPACE/NAME; the service a slice belongs to is in its labels.
+            guard let o = cache?.slices[kv.key].flatMap({ $0.revision == kv.modRevision ? $0.object : nil }) ?? (try? KubeObject(bytes: kv.value)) else { continue }
+            cache?.seenSlices[kv.key] = (kv.modRevision, o)
+            guard let name = o.labels[EndpointSlices.serviceNameLabel] else { continue }
+            slices["\(o.namespace ?? "default")/\(name)", default: []].append((kv.modRevision, kv.key, kv.value))
+        }
         var entries: [ServiceRules.Entry] = []
-        for o in services {
+        var seen: [String: (source: String, entry: ServiceRules.Entry)] = [:]
+        for kv in services {
+            let mine = (slices[String(kv.key.dropFirst(Keys.services.count))] ?? []).sorted { $0.key < $1.key }
+            let source = "\(kv.modRevision)" + mine.map { " \($0.revision)" }.joined()
+            if let hit = cache?.entries[kv.key], hit.source == source {
+                entries.append(hit.entry)
+                seen[kv.key] = hit
+                continue
+            }
+            guard let o = try? KubeObject(bytes: kv.value) else { continue }
             guard let s = try? ClusterService(o) else { skipped(o); continue }
-            entries.append(.init(service: s, endpoints: EndpointSlices.endpoints(for: s, in: slices)))
+            let objects = mine.compactMap { sl in cache?.seenSlices[sl.key]?.object ?? (try? KubeObject(bytes: sl.value)) }
+            let entry = ServiceRules.Entry(service: s, endpoints: EndpointSlices.endpoints(for: s, in: objects), source: source)
+            entries.append(entry)
+            seen[kv.key] = (source, entry)
+        }
+        if let cache {
+            cache.entries = seen
+            cache.slices = cache.seenSlices
+            cache.seenSlices = [:]
         }
         return entries
+    }
+
+    /// Entries and parsed slices by datastore key and revision, kept between passes by the
+    /// service proxy: at 10,000 services, parsing every object again is most of a pass.
+    public final class ServiceCache: @unchecked Sendable {
+        var entries: [String: (source: String, entry: ServiceRules.Entry)] = [:]
+        var slices: [String: (revision: Int64, object: KubeObject)] = [:]
+        var seenSlices: [String: (revision: Int64, object: KubeObject)] = [:]
+        public init() {}
     }
 
     /// Policies, pods (and the node DNS resolvers as kube-dns peers), namespaces' labels, and

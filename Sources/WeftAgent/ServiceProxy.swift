@@ -50,11 +50,12 @@ struct ServiceProxy: Sendable {
             return true
         }
         var model = ServiceRules.Model(node: node)
+        let cache = DesiredState.ServiceCache()
         var lastEntries: [ServiceRules.Entry]?
         for await _ in changes {
             let started = ContinuousClock.now
             do {
-                let entries = try await DesiredState.serviceEntries(store) { o in
+                let entries = try await DesiredState.serviceEntries(store, cache: cache) { o in
                     logger.warning("skipping a service the datastore holds but weft cannot read", metadata: ["service": "\(o.namespace ?? "default")/\(o.name)"])
                 }
                 dns?.update(ClusterDNS(domain: clusterDomain, entries: entries))

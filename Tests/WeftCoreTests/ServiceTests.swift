@@ -110,6 +110,11 @@ struct ServiceTests {
         #expect(ServiceRules.changes(from: inPlace, to: next) == ServiceRules.changes(from: model(two), to: model(one)))
         #expect(ServiceRules.changes(from: next, to: next.updated(with: [.init(service: web, endpoints: web.endpoints(from: one)),
                                                                          .init(service: db, endpoints: db.endpoints(from: one))])) == nil)
+        // A service gone, found from the update's own record as by comparing every service.
+        let webOnly = [ServiceRules.Entry(service: web, endpoints: web.endpoints(from: one))]
+        let dbGone = try #require(ServiceRules.changes(from: next, to: next.updated(with: webOnly)))
+        #expect(dbGone == ServiceRules.changes(from: model(one), to: ServiceRules.model(webOnly)))
+        #expect(dbGone.cleanup.contains(.init(table: ServiceRules.table(for: db), op: .deleteChain("svc-default/db/tcp/5432"))))
         // The last endpoint goes: the VIP moves from the service map to the reject map.
         let goneChange = try #require(ServiceRules.changes(from: model(one), to: model([dbPod])))
         #expect(Set((goneChange.update + goneChange.cleanup).map(\.table)) == [t, ServiceRules.table], "its shard and the front table only")

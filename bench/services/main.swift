@@ -29,7 +29,9 @@ func entries(_ n: Int, shift: Int = 0) throws -> [ServiceRules.Entry] {
             ServiceEndpoint(pod: "s\(i)-\(e)", address: IPAddress(family: .v4, value: UInt128(0x0AF4_0000 + i * 16 + e + (i == 0 ? shift : 0))),
                             ready: true, nodeName: "node0", ports: ["": 8080])
         }
-        return ServiceRules.Entry(service: svc, endpoints: eps)
+        // The datastore revisions the agent's reader attaches (see DesiredState.serviceEntries):
+        // only the moved service's change.
+        return ServiceRules.Entry(service: svc, endpoints: eps, source: "\(i == 0 ? shift : 0)")
     }
 }
 
@@ -93,7 +95,7 @@ for n in sizes {
         if viaLibnftables { scripted.append(ms(d)) } else if k > 1 { changes.append(ms(d)); computing.append(ms(computed)) }
     }
     // A check that the kernel holds what was sent: the map has n entries.
-    let listed = try netns.run { () throws(NFTablesError) in try nft.list(table: ServiceRules.table, family: "inet") } ?? ""
+    let listed = try ServiceRules.tables.map { t in try netns.run { () throws(NFTablesError) in try nft.list(table: t, family: "inet") } ?? "" }.joined()
     let elements = listed.components(separatedBy: ". tcp . 80 : goto").count - 1
     guard elements == n else { fatalError("expected \(n) service-ips elements, the kernel lists \(elements)") }
     say(String(format: "| %d × 10 | %.1f MB | %.0f ms | %.0f ms | %.1f / %.1f ms | %.1f ms | %.0f ms | %.0f MiB |", n, Double(script.utf8.count) / 1e6, ms(render), ms(apply),

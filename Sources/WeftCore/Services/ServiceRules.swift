@@ -32,7 +32,7 @@ import Synchronization
 public enum ServiceRules {
     /// The front table (see above); the services' own chains are in `shardTable(_:)`s.
     public static let table = "weft-services"
-    public static let shardCount = 16
+    public static let shardCount = 32
     public static func shardTable(_ i: Int) -> String { "weft-services-\(i)" }
     /// Every table the services dataplane writes.
     public static var tables: [String] { [table] + (0..<shardCount).map(shardTable) }
@@ -45,10 +45,23 @@ public enum ServiceRules {
     static let masqMark = "0x4000"
 
     public struct Entry: Sendable, Equatable {
-        public var service: ClusterService
+        public let service: ClusterService
         public var endpoints: [ServiceEndpoint]
-        public init(service: ClusterService, endpoints: [ServiceEndpoint]) { self.service = service; self.endpoints = endpoints }
-        var key: String { "\(service.namespace)/\(service.name)" }
+        /// What the entry was derived from, when the reader knows (the datastore revisions of the
+        /// Service and its EndpointSlices): two entries with the same source are the same entry,
+        /// which spares comparing them field by field.
+        public var source: String?
+        public init(service: ClusterService, endpoints: [ServiceEndpoint], source: String? = nil) {
+            self.service = service; self.endpoints = endpoints; self.source = source
+            key = "\(service.namespace)/\(service.name)"
+        }
+        /// "namespace/name", made once (the model looks every entry up by it on every pass).
+        let key: String
+        /// The same as `other`: by source when both have one, else field by field.
+        func same(as other: Entry) -> Bool {
+            if let a = source, let b = other.source { return a == b }
+            return service == other.service && endpoints == other.endpoints
+        }
     }
 
     static func proto(_ p: String) -> String { p.lowercased() }
@@ -155,6 +168,13 @@ public enum ServiceRules {
         /// The node the table is for (Local traffic policies keep to its endpoints).
         public let node: String?
         var services: [String: Built] = [:]
+        /// This model, and the one it was updated from with the services rebuilt or gone since:
+        /// the diff between the two looks at those only.
+        var generation = ServiceRules.revisions.add(1, ordering: .relaxed).newValue
+        var parent: Int?
+        var changedKeys: Set<String> = []
+        /// Each service's entry source (see `Entry.source`), apart so checking it copies nothing.
+        var sources: [String: String] = [:]
         /// Which service holds each map key: two services naming one external address and port
         /// cannot both have it, and the one that had it first keeps it.
         var claims: [String: String] = [:]
@@ -164,14 +184,22 @@ public enum ServiceRules {
         /// The model for `entries`, rebuilding only the services whose entry changed.
         public func updated(with entries: [Entry]) -> Model {
             var m = self
-            let keys = Set(entries.map(\.key))
-            for (k, b) in services where !keys.contains(k) {
-                m.services[k] = nil
-                m.release(k, b.fragment)
-            }
+            m.parent = generation
+            m.generation = ServiceRules.revisions.add(1, ordering: .relaxed).newValue
+            m.changedKeys = []
+            var kept = 0
             for e in entries {
                 let k = e.key
-                if let b = services[k], b.entry == e { continue }
+                // By source first: a string compare, no copy of the service's build.
+                if let src = e.source, let had = sources[k] {
+                    kept += 1
+                    if had == src { continue }
+                } else if let b = services[k] {
+                    kept += 1
+                    if b.entry.same(as: e) { continue }
+                }
+                m.changedKeys.insert(k)
+                m.sources[k] = e.source
                 if let b = m.services[k] { m.release(k, b.fragment) }
                 var f = ServiceRules.fragment(e, node: node)
                 for (map, items) in f.elements {
@@ -182,6 +210,15 @@ public enum ServiceRules {
                     if f.elements[map]!.isEmpty { f.elements[map] = nil }
                 }
                 m.services[k] = Built(entry: e, fragment: f, revision: ServiceRules.revisions.add(1, ordering: .relaxed).newValue)
+            }
+            if kept < services.count {
+                let keys = Set(entries.map(\.key))
+                for (k, b) in services where !keys.contains(k) {
+                    m.services[k] = nil
+                    m.sources[k] = nil
+                    m.release(k, b.fragment)
+                    m.changedKeys.insert(k)
+                }
             }
             return m
         }
@@ -358,8 +395,19 @@ public enum ServiceRules {
     /// at, so its cost follows the change, not the table. Nil when nothing changed.
     public static func changes(from old: Model, to new: Model) -> Change? {
         var was: [String: Fragment] = [:], now: [String: Fragment] = [:]
-        for (k, b) in old.services where new.services[k]?.revision != b.revision { merge(b.fragment, into: &was[b.fragment.table, default: Fragment(table: b.fragment.table)]) }
-        for (k, b) in new.services where old.services[k]?.revision != b.revision { merge(b.fragment, into: &now[b.fragment.table, default: Fragment(table: b.fragment.table)]) }
+        func add(_ b: Model.Built, to side: inout [String: Fragment]) { merge(b.fragment, into: &side[b.fragment.table, default: Fragment(table: b.fragment.table)]) }
+        if new.parent == old.generation {
+            // `new` was updated from `old`: only what it rebuilt can differ.
+            for k in new.changedKeys {
+                let o = old.services[k], n = new.services[k]
+                guard o?.revision != n?.revision else { continue }
+                if let o { add(o, to: &was) }
+                if let n { add(n, to: &now) }
+            }
+        } else {
+            for (k, b) in old.services where new.services[k]?.revision != b.revision { add(b, to: &was) }
+            for (k, b) in new.services where old.services[k]?.revision != b.revision { add(b, to: &now) }
+        }
         var deletes: [TableOp] = [], rest: [TableOp] = [], cleanup: [TableOp] = []
         for t in Set(was.keys).union(now.keys).sorted() {
             let c = changes(from: was[t] ?? Fragment(table: t), to: now[t] ?? Fragment(table: t))
