@@ -45,8 +45,7 @@ struct ServiceProxy: Sendable {
         let nft = LibNFTables(), netlink = NFTablesNetlink()
         var table = TableWriter<ServiceRules.Model>(resyncSeconds: resyncSeconds, replace: { try nft.run(ServiceRules.fullScript($0)) }) { have, want in
             guard let change = ServiceRules.changes(from: have, to: want) else { return false }
-            try netlink.apply(change.update)
-            try netlink.apply(change.cleanup)
+            try netlink.apply(change.ops)
             return true
         }
         var model = ServiceRules.Model(node: node)

@@ -89,8 +89,7 @@ import WeftOS
                     seenTables.insert(placed.table)
                 }
                 try ns.run { () throws(NFTablesError) in
-                    try netlink.apply(change.update)
-                    try netlink.apply(change.cleanup)
+                    try netlink.apply(change.ops)
                 }
             }
             model = want

@@ -86,8 +86,7 @@ func firstPacket(sizes: [Int]) throws {
                 let want = have.updated(with: [target] + (try entries(step)))
                 if let c = ServiceRules.changes(from: have, to: want) {
                     try nodeNS.run { () throws(NFTablesError) in
-                        try netlink.apply(c.update)
-                        try netlink.apply(c.cleanup)
+                        try netlink.apply(c.ops)
                     }
                 }
                 have = want

@@ -85,8 +85,7 @@ for n in sizes {
                         try nft.run(u)
                         if !x.isEmpty { try nft.run(x) }
                     } else {
-                        try netlink.apply(c.update)
-                        try netlink.apply(c.cleanup)
+                        try netlink.apply(c.ops)
                     }
                 }
             }

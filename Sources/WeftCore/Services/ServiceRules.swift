@@ -43,6 +43,8 @@ public enum ServiceRules {
     static func inFront(_ map: String) -> Bool { map.hasPrefix("no-endpoint-") }
     static let revisions = Atomic<Int>(0)
     static let masqMark = "0x4000"
+    /// The same, as a number (netlink writes it).
+    public static let masqMarkBit: UInt32 = 0x4000
 
     public struct Entry: Sendable, Equatable {
         public let service: ClusterService
@@ -72,7 +74,9 @@ public enum ServiceRules {
 
     /// A rule of a per-service chain.
     public enum Rule: Hashable, Sendable {
-        /// `ip saddr A jump mark-for-masquerade`: an endpoint reaching itself (hairpin).
+        /// `ip saddr A meta mark set meta mark | 0x4000`: an endpoint reaching itself (hairpin) is
+        /// masqueraded. The mark is set inline, not by a jump: the kernel walks every jump of a
+        /// table at each commit, and there is one such rule per endpoint.
         case masqueradeFrom(IPAddress)
         /// `update @set { ip saddr }`: the endpoint remembers its client (session affinity).
         case rememberClient(set: String, family: IPFamily)
@@ -90,7 +94,7 @@ public enum ServiceRules {
         public var text: String {
             func ip(_ f: IPFamily) -> String { f == .v4 ? "ip" : "ip6" }
             switch self {
-            case .masqueradeFrom(let a): return "\(ip(a.family)) saddr \(a) jump mark-for-masquerade"
+            case .masqueradeFrom(let a): return "\(ip(a.family)) saddr \(a) meta mark set meta mark | \(ServiceRules.masqMark)"
             case .rememberClient(let set, let f): return "update @\(set) { \(ip(f)) saddr }"
             case .rememberedClient(let set, let f, let chain): return "\(ip(f)) saddr @\(set) goto \(chain)"
             case .dnat(let p, let a, let port):
@@ -373,12 +377,16 @@ public enum ServiceRules {
         public var text: String { op.text(table: "inet \(table)") }
     }
 
-    /// A change as two transactions: `update` adds and rewrites (new sets and chains, changed
-    /// chains flushed and refilled, elements deleted and added), so every lookup switches at
-    /// once; `cleanup` then deletes the chains and sets nothing refers to any more.
+    /// A change: `update` adds and rewrites (new sets and chains, changed chains flushed and
+    /// refilled, elements deleted and added), `cleanup` deletes the chains and sets nothing
+    /// refers to any more once the update is in. As netlink, both are one transaction (`ops`:
+    /// the kernel counts references as the batch goes, and each commit walks every chain of the
+    /// namespace, so one commit is half the cost of two); as nft scripts, two (libnftables
+    /// checks references against the table as it was).
     public struct Change: Sendable, Equatable {
         public var update: [TableOp] = []
         public var cleanup: [TableOp] = []
+        public var ops: [TableOp] { update + cleanup }
         public var isEmpty: Bool { update.isEmpty && cleanup.isEmpty }
         public func text() -> (update: String, cleanup: String) {
             (update.map(\.text).joined(), cleanup.map(\.text).joined())

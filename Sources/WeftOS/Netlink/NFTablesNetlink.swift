@@ -46,6 +46,9 @@ public final class NFTablesNetlink: NFTablesOpsWriter {
 /// An nf_tables expression as the kernel takes it (what `nft --debug=netlink` prints).
 enum NFTExpression {
     case meta(key: Int32, into: UInt32)
+    case setMeta(key: Int32, from: UInt32)
+    /// reg = (reg & mask) ^ xor, over `mask.count` bytes.
+    case maskXor(UInt32, mask: [UInt8], xor: [UInt8])
     case equals(UInt32, [UInt8])
     /// Bytes of the network header.
     case networkHeader(offset: UInt32, length: UInt32, into: UInt32)
@@ -217,7 +220,11 @@ enum NFTMessages {
         }
         switch rule {
         case .masqueradeFrom(let a):
-            return source(a.family) + [.equals(reg1, a.bytes), .verdict(k(NFT_JUMP), chain: "mark-for-masquerade")]
+            // meta mark set meta mark | bit: the mark is a host-order u32.
+            let bit = ServiceRules.masqMarkBit
+            return source(a.family) + [.equals(reg1, a.bytes), .meta(key: k(NFT_META_MARK), into: reg1),
+                                       .maskXor(reg1, mask: withUnsafeBytes(of: ~bit, Array.init), xor: withUnsafeBytes(of: bit, Array.init)),
+                                       .setMeta(key: k(NFT_META_MARK), from: reg1)]
         case .rememberClient(let set, let f):
             return source(f) + [.update(set: set, from: reg1)]
         case .rememberedClient(let set, let f, let chain):
@@ -252,6 +259,16 @@ enum NFTMessages {
         switch e {
         case .meta(let key, let into):
             named("meta") { $0.attr(k(NFTA_META_DREG), be32: into); $0.attr(k(NFTA_META_KEY), be32: UInt32(key)) }
+        case .setMeta(let key, let from):
+            named("meta") { $0.attr(k(NFTA_META_KEY), be32: UInt32(key)); $0.attr(k(NFTA_META_SREG), be32: from) }
+        case .maskXor(let reg, let mask, let xor):
+            named("bitwise") {
+                $0.attr(k(NFTA_BITWISE_SREG), be32: reg)
+                $0.attr(k(NFTA_BITWISE_DREG), be32: reg)
+                $0.attr(k(NFTA_BITWISE_LEN), be32: UInt32(mask.count))
+                value(k(NFTA_BITWISE_MASK), mask, &$0)
+                value(k(NFTA_BITWISE_XOR), xor, &$0)
+            }
         case .equals(let reg, let data):
             named("cmp") { $0.attr(k(NFTA_CMP_SREG), be32: reg); $0.attr(k(NFTA_CMP_OP), be32: UInt32(NFT_CMP_EQ.rawValue)); value(k(NFTA_CMP_DATA), data, &$0) }
         case .networkHeader(let offset, let length, let into):
