@@ -53,7 +53,9 @@ final class PolicyEnforcer: Sendable {
     }
 
     private func apply(_ changes: AsyncStream<Void>) async throws {
-        var table = TableWriter<TableModel>(resyncSeconds: resyncSeconds, full: \.fullScript, diff: TableModel.update)
+        var table = TableWriter(resyncSeconds: resyncSeconds)
+        let nft = LibNFTables()
+        var applied: TableModel?   // what the last successful write left in the kernel
         for await _ in changes {
             let started = ContinuousClock.now
             do {
@@ -61,9 +63,20 @@ final class PolicyEnforcer: Sendable {
                 state.withLock { $0 = input }
                 let meta: Logger.Metadata = ["policies": "\(input.policies.count)", "pods": "\(input.pods.count)"]
                 let want = PolicyRules.model(input, node: node)
-                let outcome = try table.write(want, onIncrementalFailure: { error in
+                let outcome = try table.write(update: {
+                    guard let have = applied else { return nil }
+                    switch TableModel.update(from: have, to: want) {
+                    case .none: return false
+                    case .full: return nil
+                    case .incremental(let update, let cleanup):
+                        if !update.isEmpty { try nft.run(update) }
+                        if !cleanup.isEmpty { try nft.run(cleanup) }
+                        return true
+                    }
+                }, replace: { try nft.run(want.fullScript) }, onIncrementalFailure: { error in
                     logger.warning("incremental policy update failed; replacing the table", metadata: ["error": "\(error)"])
                 })
+                applied = want
                 metrics.reconciled("policy", took: ContinuousClock.now - started, failed: false)
                 metrics.nftables(table: PolicyRules.table, rules: want.chains.values.reduce(0) { $0 + $1.rules.count },
                                  elements: want.sets.values.reduce(0) { $0 + $1.elements.count })

@@ -43,11 +43,8 @@ struct ServiceProxy: Sendable {
         // The whole table through libnftables; changes as netlink batches, which need no cache
         // of the table and so cost what they change (see `NFTablesNetlink`).
         let nft = LibNFTables(), netlink = NFTablesNetlink()
-        var table = TableWriter<ServiceRules.Model>(resyncSeconds: resyncSeconds, replace: { try nft.run(ServiceRules.fullScript($0)) }) { have, want in
-            guard let change = ServiceRules.changes(from: have, to: want) else { return false }
-            try netlink.apply(change.ops)
-            return true
-        }
+        var table = TableWriter(resyncSeconds: resyncSeconds)
+        // Updated in place each pass (a copy per pass would cost what the table holds).
         var model = ServiceRules.Model(node: node)
         let cache = DesiredState.ServiceCache()
         var lastEntries: [ServiceRules.Entry]?
@@ -61,9 +58,12 @@ struct ServiceProxy: Sendable {
                 flows?.updateServices(entries)
                 await announce(entries)
                 let meta: Logger.Metadata = ["services": "\(entries.count)", "endpoints": "\(entries.reduce(0) { $0 + $1.endpoints.filter(\.ready).count })"]
-                let want = model.updated(with: entries)
-                model = want
-                let outcome = try table.write(want, onIncrementalFailure: { error in
+                let change = model.update(with: entries)
+                let outcome = try table.write(update: {
+                    guard let change else { return false }
+                    try netlink.apply(change.ops)
+                    return true
+                }, replace: { try nft.run(ServiceRules.fullScript(model)) }, onIncrementalFailure: { error in
                     logger.warning("incremental services update failed; replacing the table", metadata: ["error": "\(error)"])
                 })
                 // Only once the rules are in: stale UDP entries deleted before would be made
@@ -71,7 +71,7 @@ struct ServiceProxy: Sendable {
                 if let was = lastEntries { clearStale(ServiceRules.staleConntrack(from: was, to: entries)) }
                 lastEntries = entries
                 metrics.reconciled("services", took: ContinuousClock.now - started, failed: false)
-                metrics.nftables(table: ServiceRules.table, rules: want.ruleCount, elements: want.elementCount)
+                metrics.nftables(table: ServiceRules.table, rules: model.ruleCount, elements: model.elementCount)
                 switch outcome {
                 case .unchanged: break
                 case .updated: logger.info("services updated", metadata: meta)

@@ -110,6 +110,11 @@ struct ServiceTests {
         #expect(ServiceRules.changes(from: inPlace, to: next) == ServiceRules.changes(from: model(two), to: model(one)))
         #expect(ServiceRules.changes(from: next, to: next.updated(with: [.init(service: web, endpoints: web.endpoints(from: one)),
                                                                          .init(service: db, endpoints: db.endpoints(from: one))])) == nil)
+        // In place: the same change, returned by the update itself.
+        var live = model(two)
+        #expect(live.update(with: [.init(service: web, endpoints: web.endpoints(from: one)), .init(service: db, endpoints: db.endpoints(from: one))])
+                == ServiceRules.changes(from: model(two), to: model(one)))
+        #expect(live.update(with: [.init(service: web, endpoints: web.endpoints(from: one)), .init(service: db, endpoints: db.endpoints(from: one))]) == nil)
         // A service gone, found from the update's own record as by comparing every service.
         let webOnly = [ServiceRules.Entry(service: web, endpoints: web.endpoints(from: one))]
         let dbGone = try #require(ServiceRules.changes(from: next, to: next.updated(with: webOnly)))

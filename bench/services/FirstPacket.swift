@@ -83,13 +83,11 @@ func firstPacket(sizes: [Int]) throws {
         let load = try clock.measure {
             while loaded < n {
                 let step = min(n, loaded + 1000)
-                let want = have.updated(with: [target] + (try entries(step)))
-                if let c = ServiceRules.changes(from: have, to: want) {
+                if let c = have.update(with: [target] + (try entries(step))) {
                     try nodeNS.run { () throws(NFTablesError) in
                         try netlink.apply(c.ops)
                     }
                 }
-                have = want
                 loaded = step
             }
         }

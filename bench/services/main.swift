@@ -75,8 +75,7 @@ for n in sizes {
         var computed = Duration.zero
         let d = try clock.measure {
             let t0 = ContinuousClock.now
-            let want = have.updated(with: changed)
-            let change = ServiceRules.changes(from: have, to: want)
+            let change = have.update(with: changed)   // in place, as the agent does
             computed = ContinuousClock.now - t0
             if let c = change {
                 try netns.run { () throws(NFTablesError) in
@@ -89,7 +88,6 @@ for n in sizes {
                     }
                 }
             }
-            have = want
         }
         if viaLibnftables { scripted.append(ms(d)) } else if k > 1 { changes.append(ms(d)); computing.append(ms(computed)) }
     }

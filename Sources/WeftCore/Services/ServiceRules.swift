@@ -188,9 +188,18 @@ public enum ServiceRules {
         /// The model for `entries`, rebuilding only the services whose entry changed.
         public func updated(with entries: [Entry]) -> Model {
             var m = self
-            m.parent = generation
-            m.generation = ServiceRules.revisions.add(1, ordering: .relaxed).newValue
-            m.changedKeys = []
+            _ = m.update(with: entries)
+            return m
+        }
+
+        /// Brings the model to `entries` in place, rebuilding only the services whose entry
+        /// changed, and returns what that changes in the tables (nil: nothing). In place, so a
+        /// pass over 10,000 unchanged services copies none of them.
+        public mutating func update(with entries: [Entry]) -> Change? {
+            parent = generation
+            generation = ServiceRules.revisions.add(1, ordering: .relaxed).newValue
+            var before: [String: Built] = [:], changed: [String] = []
+            let count = services.count
             var kept = 0
             for e in entries {
                 let k = e.key
@@ -202,29 +211,34 @@ public enum ServiceRules {
                     kept += 1
                     if b.entry.same(as: e) { continue }
                 }
-                m.changedKeys.insert(k)
-                m.sources[k] = e.source
-                if let b = m.services[k] { m.release(k, b.fragment) }
+                changed.append(k)
+                sources[k] = e.source
+                if let b = services.removeValue(forKey: k) {
+                    release(k, b.fragment)
+                    before[k] = b
+                }
                 var f = ServiceRules.fragment(e, node: node)
                 for (map, items) in f.elements {
                     for key in items.keys {
                         let claim = "\(map) \(key.text)"
-                        if let owner = m.claims[claim], owner != k { f.elements[map]![key] = nil } else { m.claims[claim] = k }
+                        if let owner = claims[claim], owner != k { f.elements[map]![key] = nil } else { claims[claim] = k }
                     }
                     if f.elements[map]!.isEmpty { f.elements[map] = nil }
                 }
-                m.services[k] = Built(entry: e, fragment: f, revision: ServiceRules.revisions.add(1, ordering: .relaxed).newValue)
+                services[k] = Built(entry: e, fragment: f, revision: ServiceRules.revisions.add(1, ordering: .relaxed).newValue)
             }
-            if kept < services.count {
+            if kept < count {
                 let keys = Set(entries.map(\.key))
-                for (k, b) in services where !keys.contains(k) {
-                    m.services[k] = nil
-                    m.sources[k] = nil
-                    m.release(k, b.fragment)
-                    m.changedKeys.insert(k)
+                for k in services.keys.filter({ !keys.contains($0) }) {
+                    let b = services.removeValue(forKey: k)!
+                    sources[k] = nil
+                    release(k, b.fragment)
+                    before[k] = b
+                    changed.append(k)
                 }
             }
-            return m
+            changedKeys = Set(changed)
+            return ServiceRules.changes(from: changed.compactMap { before[$0] }, to: changed.compactMap { services[$0] })
         }
 
         private mutating func release(_ service: String, _ f: Fragment) {
@@ -402,23 +416,30 @@ public enum ServiceRules {
     /// What goes from `old` to `new`: only the services whose fragment was rebuilt are looked
     /// at, so its cost follows the change, not the table. Nil when nothing changed.
     public static func changes(from old: Model, to new: Model) -> Change? {
-        var was: [String: Fragment] = [:], now: [String: Fragment] = [:]
-        func add(_ b: Model.Built, to side: inout [String: Fragment]) { merge(b.fragment, into: &side[b.fragment.table, default: Fragment(table: b.fragment.table)]) }
+        var was: [Model.Built] = [], now: [Model.Built] = []
         if new.parent == old.generation {
             // `new` was updated from `old`: only what it rebuilt can differ.
             for k in new.changedKeys {
                 let o = old.services[k], n = new.services[k]
                 guard o?.revision != n?.revision else { continue }
-                if let o { add(o, to: &was) }
-                if let n { add(n, to: &now) }
+                if let o { was.append(o) }
+                if let n { now.append(n) }
             }
         } else {
-            for (k, b) in old.services where new.services[k]?.revision != b.revision { add(b, to: &was) }
-            for (k, b) in new.services where old.services[k]?.revision != b.revision { add(b, to: &now) }
+            for (k, b) in old.services where new.services[k]?.revision != b.revision { was.append(b) }
+            for (k, b) in new.services where old.services[k]?.revision != b.revision { now.append(b) }
         }
+        return changes(from: was, to: now)
+    }
+
+    /// From the builds `was` (gone or replaced) to `now` (new or replacing them).
+    static func changes(from was: [Model.Built], to now: [Model.Built]) -> Change? {
+        var old: [String: Fragment] = [:], new: [String: Fragment] = [:]
+        for b in was { merge(b.fragment, into: &old[b.fragment.table, default: Fragment(table: b.fragment.table)]) }
+        for b in now { merge(b.fragment, into: &new[b.fragment.table, default: Fragment(table: b.fragment.table)]) }
         var deletes: [TableOp] = [], rest: [TableOp] = [], cleanup: [TableOp] = []
-        for t in Set(was.keys).union(now.keys).sorted() {
-            let c = changes(from: was[t] ?? Fragment(table: t), to: now[t] ?? Fragment(table: t))
+        for t in Set(old.keys).union(new.keys).sorted() {
+            let c = changes(from: old[t] ?? Fragment(table: t), to: new[t] ?? Fragment(table: t))
             for op in c.update {
                 if case .deleteElements = op { deletes.append(placed(op, t)) } else { rest.append(placed(op, t)) }
             }
