@@ -69,9 +69,9 @@ for n in sizes {
     let netlink = NFTablesNetlink()
     var changes: [Double] = [], scripted: [Double] = [], computing: [Double] = []
     var have = ServiceRules.model(base)
-    for k in 1...24 {
+    for k in 1...204 {
         let changed = try entries(n, shift: 1000 + k)   // service 0's first endpoint moves
-        let viaLibnftables = k > 21
+        let viaLibnftables = k > 201
         var computed = Duration.zero
         let d = try clock.measure {
             let t0 = ContinuousClock.now
@@ -90,6 +90,7 @@ for n in sizes {
             }
         }
         if viaLibnftables { scripted.append(ms(d)) } else if k > 1 { changes.append(ms(d)); computing.append(ms(computed)) }
+        if ProcessInfo.processInfo.environment["WEFT_BENCH_SAMPLES"] != nil, !viaLibnftables { say(String(format: "  change %d: %.1f ms (diff %.1f)", k, ms(d), ms(computed))) }
     }
     // A check that the kernel holds what was sent: the map has n entries.
     let listed = try ServiceRules.tables.map { t in try netns.run { () throws(NFTablesError) in try nft.list(table: t, family: "inet") } ?? "" }.joined()
