@@ -36,7 +36,8 @@ let package = Package(
         .target(name: "WeftCore"),
         // Kernel headers (netlink, nf_tables) and a few libc shims. rtnetlink is written in
         // Swift in WeftOS/Netlink because its surface is small and stable; nftables scripts go
-        // through libnftables (what `nft` itself uses), loaded at run time by WeftOS.
+        // through libnftables (what `nft` itself uses), loaded at run time by WeftOS, except the
+        // services' changes, sent as nf_tables netlink batches (WeftOS/Netlink/NFTablesNetlink).
         .target(name: "CWeftLinux"),
         .target(name: "WeftOS", dependencies: [
             "WeftCore", "CWeftLinux",
