@@ -72,28 +72,21 @@ public final class NetlinkSocket {
                 if Glibc.errno == EINTR { continue }
                 throw NetlinkError(operation: operation(), errno: Glibc.errno)
             }
-            var i = 0
-            while i + 16 <= n {
-                let len = Int(load(UInt32.self, at: i))
-                let type = load(UInt16.self, at: i + 4)
-                let flags = load(UInt16.self, at: i + 6)
-                let mseq = load(UInt32.self, at: i + 8)
-                guard len >= 16, i + len <= n else { break }
-                defer { i += (len + 3) & ~3 }
-                guard mseq == seq else { continue } // a stale reply to an earlier request
-                let payload = buffer[(i + 16)..<(i + len)]
-                if type == UInt16(NLMSG_ERROR) {
-                    let err = Int32(bitPattern: load(UInt32.self, at: i + 16))
+            for m in headers(in: n) {
+                guard m.seq == seq else { continue } // a stale reply to an earlier request
+                let payload = buffer[m.payload]
+                if m.type == UInt16(NLMSG_ERROR) {
+                    let err = Int32(bitPattern: load(UInt32.self, at: m.payload.lowerBound))
                     if err == 0 { return replies }  // the ACK
-                    throw NetlinkError(operation: operation(), errno: -err, kernelMessage: extAckMessage(payload, flags: flags))
+                    throw NetlinkError(operation: operation(), errno: -err, kernelMessage: extAckMessage(payload, flags: m.flags))
                 }
-                if type == UInt16(NLMSG_DONE) {
+                if m.type == UInt16(NLMSG_DONE) {
                     // A dump's end (dumps get no separate ACK); it may carry the dump's error.
-                    let err = payload.count >= 4 ? Int32(bitPattern: load(UInt32.self, at: i + 16)) : 0
+                    let err = payload.count >= 4 ? Int32(bitPattern: load(UInt32.self, at: m.payload.lowerBound)) : 0
                     if err < 0 { throw NetlinkError(operation: operation(), errno: -err) }
                     return replies
                 }
-                replies.append(NetlinkMessage(type: type, flags: flags, seq: mseq, payload: ArraySlice(payload)))
+                replies.append(NetlinkMessage(type: m.type, flags: m.flags, seq: m.seq, payload: ArraySlice(payload)))
             }
         }
     }
@@ -135,23 +128,28 @@ public final class NetlinkSocket {
                 // ENOBUFS: more errors than the receive buffer holds; the batch failed all the same.
                 throw failure ?? NetlinkError(operation: "apply an nf_tables batch of \(messages.count) messages", errno: e)
             }
-            var i = 0
-            while i + 16 <= n {
-                let len = Int(load(UInt32.self, at: i))
-                let type = load(UInt16.self, at: i + 4)
-                let flags = load(UInt16.self, at: i + 6)
-                let mseq = load(UInt32.self, at: i + 8)
-                guard len >= 16, i + len <= n else { break }
-                defer { i += (len + 3) & ~3 }
-                guard type == UInt16(NLMSG_ERROR), failure == nil else { continue }
-                let err = Int32(bitPattern: load(UInt32.self, at: i + 16))
+            for m in headers(in: n) where m.type == UInt16(NLMSG_ERROR) && failure == nil {
+                let err = Int32(bitPattern: load(UInt32.self, at: m.payload.lowerBound))
                 guard err != 0 else { continue }
-                let index = Int(mseq &- first)
+                let index = Int(m.seq &- first)
                 let what = index >= 0 && index < messages.count ? describe(index) : "commit an nf_tables batch of \(messages.count) messages"
-                failure = NetlinkError(operation: what, errno: -err, kernelMessage: extAckMessage(buffer[(i + 16)..<(i + len)], flags: flags))
+                failure = NetlinkError(operation: what, errno: -err, kernelMessage: extAckMessage(buffer[m.payload], flags: m.flags))
             }
         }
         if let failure { throw failure }
+    }
+
+    /// The messages in the first `n` bytes of the buffer: type, flags, seq and where the payload is.
+    private func headers(in n: Int) -> [(type: UInt16, flags: UInt16, seq: UInt32, payload: Range<Int>)] {
+        var out: [(type: UInt16, flags: UInt16, seq: UInt32, payload: Range<Int>)] = []
+        var i = 0
+        while i + 16 <= n {
+            let len = Int(load(UInt32.self, at: i))
+            guard len >= 16, i + len <= n else { break }
+            out.append((load(UInt16.self, at: i + 4), load(UInt16.self, at: i + 6), load(UInt32.self, at: i + 8), (i + 16)..<(i + len)))
+            i += (len + 3) & ~3
+        }
+        return out
     }
 
     private func load<T: FixedWidthInteger>(_: T.Type, at off: Int) -> T {
