@@ -22,8 +22,9 @@ struct LoadBalancerAddresses: @unchecked Sendable {
         for ip in wanted where !held.contains(where: { $0.address.address == ip }) {
             try net.ensureAddress(IPInterfaceAddress(address: ip, prefixLength: ip.family.bitWidth), index: link.index, noDAD: true)
             // Neighbours that cached the address at the node announcing it before learn the move now.
-            do { try sendGratuitousARP(ifindex: link.index, mac: link.mac, address: ip) } catch {
-                logger.warning("gratuitous ARP failed; neighbours learn the new holder when their entry goes stale", metadata: ["address": "\(ip)", "error": "\(error)"])
+            do { try announceAddress(ifindex: link.index, mac: link.mac, address: ip) } catch {
+                logger.warning("gratuitous ARP / unsolicited neighbour advertisement failed; neighbours learn the new holder when their entry goes stale",
+                               metadata: ["address": "\(ip)", "error": "\(error)"])
             }
             logger.info("announcing a load balancer address", metadata: ["address": "\(ip)", "uplink": "\(uplink)"])
         }
