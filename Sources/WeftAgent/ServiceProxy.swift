@@ -3,8 +3,8 @@ import WeftCore
 import WeftOS
 
 /// The agent's kube-proxy: follows Services and EndpointSlices (weft's own and any other
-/// controller's) in the datastore and keeps the node's
-/// `inet weft-services` table equal to what they describe. Level-based: each change (bursts
+/// controller's) in the datastore and keeps the node's services tables (`inet weft-services`
+/// and its shards, see `ServiceRules`) equal to what they describe. Level-based: each change (bursts
 /// coalesce) recomputes the desired model from the datastore and writes only the difference
 /// from what was last written (a changed endpoint touches its service's chains and elements).
 /// At start, after a failed update, and every `resyncSeconds` the whole table is replaced in
@@ -63,7 +63,12 @@ struct ServiceProxy: Sendable {
                     guard let change else { return false }
                     try netlink.apply(change.ops)
                     return true
-                }, replace: { try nft.run(ServiceRules.fullScript(model)) }, onIncrementalFailure: { error in
+                }, replace: {
+                    // Rebuilt from the entries, not only rewritten: a resync repairs the model too.
+                    model = ServiceRules.Model(node: node)
+                    _ = model.update(with: entries)
+                    try nft.run(ServiceRules.fullScript(model))
+                }, onIncrementalFailure: { error in
                     logger.warning("incremental services update failed; replacing the table", metadata: ["error": "\(error)"])
                 })
                 // Only once the rules are in: stale UDP entries deleted before would be made

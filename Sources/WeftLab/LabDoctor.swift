@@ -71,7 +71,7 @@ public struct LabDoctor {
             o.conntrackCount = (try? Files.readString("/proc/sys/net/netfilter/nf_conntrack_count")).flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
             o.conntrackMax = (try? Files.readString("/proc/sys/net/netfilter/nf_conntrack_max")).flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
             let nft = LibNFTables()
-            for t in ServiceRules.tables + [PolicyRules.table] { if let c = try nft.ruleCounts(table: t) { o.tables[t] = c } }
+            o.tables = try nft.ruleCounts(tables: ServiceRules.tables + [PolicyRules.table])
             o.agentAnswers = Self.healthz(port: AgentClient.port)
         }
         return o

@@ -87,35 +87,39 @@ public final class LibNFTables: NFTablesRunner {
     /// How many rules each chain of an `inet` table holds; nil when the table does not exist.
     /// A raw dump, for comparing the kernel with what was meant to be written.
     public func ruleCounts(table: String) throws(NFTablesError) -> [String: Int]? {
+        try ruleCounts(tables: [table])[table]
+    }
+
+    /// The same for several tables at once: one dump of rules and one of chains (the kernel
+    /// dumps every chain of the namespace whatever table is asked for), bucketed by table.
+    /// Tables that do not exist are absent.
+    public func ruleCounts(tables: [String]) throws(NFTablesError) -> [String: [String: Int]] {
+        let wanted = Set(tables)
         do {
             if socket == nil { socket = try NetlinkSocket(protocol: NETLINK_NETFILTER) }
-            var req = NetlinkRequest(type: (k(NFNL_SUBSYS_NFTABLES) << 8) | k(NFT_MSG_GETRULE), flags: NLM_F_DUMP)
-            req.append(UInt8(NFPROTO_INET))
-            req.append(UInt8(NFNETLINK_V0))
-            req.append(UInt16(0))
-            req.attr(k(NFTA_RULE_TABLE), string: table)
-            var out: [String: Int] = [:]
-            for msg in try socket!.exchange(req, { "list the rules of table inet \(table)" }) {
-                let attrs = NetlinkAttributes(bytes: msg.payload.dropFirst(4))
-                guard attrs.string(k(NFTA_RULE_TABLE)) == table, let chain = attrs.string(k(NFTA_RULE_CHAIN)) else { continue }
-                out[chain, default: 0] += 1
+            func dump(_ type: Int32) -> NetlinkRequest {
+                var req = NetlinkRequest(type: (k(NFNL_SUBSYS_NFTABLES) << 8) | type, flags: NLM_F_DUMP)
+                req.append(UInt8(NFPROTO_INET))
+                req.append(UInt8(NFNETLINK_V0))
+                req.append(UInt16(0))
+                if tables.count == 1 { req.attr(k(NFTA_RULE_TABLE), string: tables[0]) }   // NFTA_CHAIN_TABLE is the same number
+                return req
             }
-            // Chains without rules appear in no rule: list them too.
-            var chains = NetlinkRequest(type: (k(NFNL_SUBSYS_NFTABLES) << 8) | k(NFT_MSG_GETCHAIN), flags: NLM_F_DUMP)
-            chains.append(UInt8(NFPROTO_INET))
-            chains.append(UInt8(NFNETLINK_V0))
-            chains.append(UInt16(0))
-            chains.attr(k(NFTA_CHAIN_TABLE), string: table)
-            var found = false
-            for msg in try socket!.exchange(chains, { "list the chains of table inet \(table)" }) {
+            var out: [String: [String: Int]] = [:]
+            // Chains first: a chain without rules appears in no rule.
+            for msg in try socket!.exchange(dump(k(NFT_MSG_GETCHAIN)), { "list the chains of inet tables" }) {
                 let attrs = NetlinkAttributes(bytes: msg.payload.dropFirst(4))
-                guard attrs.string(k(NFTA_CHAIN_TABLE)) == table, let name = attrs.string(k(NFTA_CHAIN_NAME)) else { continue }
-                found = true
-                if out[name] == nil { out[name] = 0 }
+                guard let t = attrs.string(k(NFTA_CHAIN_TABLE)), wanted.contains(t), let name = attrs.string(k(NFTA_CHAIN_NAME)) else { continue }
+                out[t, default: [:]][name] = 0
             }
-            return found ? out : nil
+            for msg in try socket!.exchange(dump(k(NFT_MSG_GETRULE)), { "list the rules of inet tables" }) {
+                let attrs = NetlinkAttributes(bytes: msg.payload.dropFirst(4))
+                guard let t = attrs.string(k(NFTA_RULE_TABLE)), out[t] != nil, let chain = attrs.string(k(NFTA_RULE_CHAIN)) else { continue }
+                out[t]![chain, default: 0] += 1
+            }
+            return out
         } catch {
-            if error.isNotFound { return nil }
+            if error.isNotFound { return [:] }
             throw NFTablesError(message: "\(error)")
         }
     }

@@ -128,4 +128,34 @@ struct ServiceTests {
         #expect(gone.contains("add element inet weft-services no-endpoint-services { 10.96.0.20 . tcp . 80 : goto reject-chain }"))
         #expect(!gone.contains("db"))
     }
+
+    /// Two services naming one external address and port: the holder keeps it, the other waits
+    /// and gets it as soon as it is freed — later, or in the same pass — as a fresh model would.
+    @Test func aContestedExternalAddressPassesToTheServiceWaitingForIt() throws {
+        func svc(_ name: String, _ vip: String) throws -> ClusterService {
+            var s = try Self.service(#"{"selector":{"app":"web"},"externalIPs":["192.0.2.7"],"ports":[{"port":80,"targetPort":8080}]}"#, name: name)
+            s.clusterIPs = [ip(vip)]
+            return s
+        }
+        let pods = [try Self.pod("p", ip: "10.244.0.5")]
+        let a = try svc("a", "10.96.0.1"), b = try svc("b", "10.96.0.2"), c = try svc("c", "10.96.0.3")
+        func entry(_ s: ClusterService) -> ServiceRules.Entry { .init(service: s, endpoints: s.endpoints(from: pods)) }
+        func holder(_ m: ServiceRules.Model) -> [String] {
+            ServiceRules.fullScript(m).split(separator: "\n").filter { $0.contains("192.0.2.7 . tcp . 80") }.map(String.init)
+        }
+        var m = ServiceRules.model([entry(a), entry(b)])
+        #expect(holder(m).count == 1 && holder(m)[0].contains("svc-default/a/"), "a had it first: \(holder(m))")
+        // a goes: b, waiting, takes it in the same update.
+        let updated = m.update(with: [entry(b)])
+        let change = try #require(updated)
+        #expect(holder(m) == holder(ServiceRules.model([entry(b)])) && holder(m)[0].contains("svc-default/b/"))
+        #expect(change.update.contains { if case .addElements(_, let items) = $0.op { return items.keys.contains(.address(ip("192.0.2.7"), proto: "TCP", port: 80)) }; return false })
+        // b goes and c comes in one pass: c takes it.
+        _ = m.update(with: [entry(c)])
+        #expect(holder(m) == holder(ServiceRules.model([entry(c)])) && holder(m)[0].contains("svc-default/c/"))
+        // Deleted and created with it in one pass, a waiter and a newcomer: as a fresh model decides.
+        var n = ServiceRules.model([entry(a), entry(b)])
+        _ = n.update(with: [entry(b), entry(c)])
+        #expect(holder(n) == holder(ServiceRules.model([entry(b), entry(c)])))
+    }
 }

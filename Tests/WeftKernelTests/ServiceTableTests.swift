@@ -134,4 +134,24 @@ import WeftOS
         let now = try Self.listing(ns, nft).joined(separator: "\n")
         #expect(now.contains("\(shard): chain new-chain") && now.contains("10.96.0.99 . tcp . 80 : goto new-chain") && now.contains("10.96.0.98 . tcp . 80 : goto reject-chain"))
     }
+
+    /// A map change larger than one netlink attribute holds (16-bit length) is split over
+    /// several messages of the same transaction: 600 endpoints with long chain names.
+    @Test func aLargeMapChangeIsSplitAcrossMessages() throws {
+        let lab = try KernelLab()
+        defer { lab.close() }
+        let ns = try NetworkNamespace(path: "/run/netns/\(lab.node)")
+        let nft = LibNFTables(), netlink = NFTablesNetlink()
+        let t = ServiceRules.shardTable(0)
+        try ns.run { () throws(NFTablesError) in try nft.run("add table inet \(t)\n") }
+        let chains = (0..<600).map { "svc-monitoring/kube-prometheus-stack-prometheus-node-exporter/tcp/9100/ep/10.244.\($0 / 250).\($0 % 250)/9100" }
+        var ops: [ServiceRules.Op] = chains.map { .addChain($0) } + [.addSet("pick", .picker)]
+        ops.append(.addElements(map: "pick", Dictionary(uniqueKeysWithValues: chains.enumerated().map { (ServiceRules.Key.index($0.offset), ServiceRules.Verdict.goto($0.element)) })))
+        try ns.run { () throws(NFTablesError) in try netlink.apply(ops, table: t) }
+        let listed = try ns.run { () throws(NFTablesError) in try nft.list(table: t, family: "inet") } ?? ""
+        #expect(listed.components(separatedBy: " : goto svc-monitoring/").count - 1 == 600)
+        try ns.run { () throws(NFTablesError) in try netlink.apply([.deleteElements(map: "pick", (0..<600).map { .index($0) })], table: t) }
+        let after = try ns.run { () throws(NFTablesError) in try nft.list(table: t, family: "inet") } ?? ""
+        #expect(!after.contains(" : goto svc-monitoring/"))
+    }
 }

@@ -17,8 +17,8 @@ struct ServicePath: ParsableCommand {
     @Option(help: "native or vxlan.") var mode = "native"
     @Option(help: "Throughput measurements per path, interleaved (at least 3).") var repeats = 3
     @Option(help: "Seconds per iperf3 run (-t).") var duration = 5
-    @Option(help: "Requests per latency block; blocks alternate between the paths.") var requests = 500
-    @Option(help: "Latency blocks per path.") var blocks = 6
+    @Option(help: "Requests per path in each latency block (the paths alternate request by request).") var requests = 500
+    @Option(help: "Latency blocks.") var blocks = 6
     @Option(help: "Seconds of DNS load.") var dnsSeconds = 5
     @Option(help: "DNS queries in flight at once.") var dnsInFlight = 16
     @Option(help: "Lab name (starts with \"bench\").") var lab = "benchsvc"
@@ -91,33 +91,34 @@ struct ServicePath: ParsableCommand {
             }
         }
 
-        // Samples from `block` run in the client pod, pod IP and ClusterIP blocks alternating.
-        func alternating(_ block: @escaping (_ ip: String, _ port: UInt16) throws(SocketError) -> [Double]) throws -> (pod: [Double], service: [Double]) {
-            var pod: [Double] = [], service: [Double] = []
-            for b in 0..<(2 * blocks) {
-                try checkInterrupted()
-                let viaService = b % 2 == 1
-                let samples = try client.run { () throws(SocketError) in try block(viaService ? vip : serverIP, viaService ? 80 : 8080) }
-                if viaService { service += samples } else { pod += samples }
+        // Request latency: connect, read the server's answer, close. The paths alternate request
+        // by request (pod, ClusterIP, pod, …), so drift on a shared 2-vCPU machine (other
+        // processes, frequency) falls on both alike; blocks of the two would each catch their own.
+        print("\nrequest latency: \(blocks) × \(requests) requests per path (connect, answer, close), alternating request by request")
+        var podLat: [Double] = [], svcLat: [Double] = []
+        for _ in 0..<blocks {
+            try checkInterrupted()
+            try client.run { () throws(SocketError) in
+                for _ in 0..<requests {
+                    for viaService in [false, true] {
+                        let s = now()
+                        try request(viaService ? vip : serverIP, viaService ? 80 : 8080)
+                        if viaService { svcLat.append(now() - s) } else { podLat.append(now() - s) }
+                    }
+                }
             }
-            return (pod, service)
         }
-
-        // Request latency: connect, read the server's answer, close.
-        print("\nrequest latency: \(blocks) blocks × \(requests) requests per path (connect, answer, close), alternating")
-        let (podLat, svcLat) = try alternating { (ip, port) throws(SocketError) in
-            var out: [Double] = []
-            for _ in 0..<requests {
-                let s = now()
-                try request(ip, port)
-                out.append(now() - s)
-            }
-            return out
+        // Round trips on held connections (keep-alive), one per path, alternating round trip by
+        // round trip: the NAT was set up by each connection's first packet; later ones follow
+        // conntrack.
+        print("keep-alive round trips: \(blocks) × \(requests) per path on one connection each, alternating")
+        var podRTT: [Double] = [], svcRTT: [Double] = []
+        for _ in 0..<blocks {
+            try checkInterrupted()
+            let (p, v) = try client.run { () throws(SocketError) in try interleavedRoundTrips([(serverIP, 8080), (vip, 80)], count: requests) }
+            podRTT += p
+            svcRTT += v
         }
-        // Round trips on one held connection (keep-alive): the NAT was set up by its first
-        // packet; later ones follow conntrack.
-        print("keep-alive round trips: \(blocks) blocks × \(requests) per path on one connection each, alternating")
-        let (podRTT, svcRTT) = try alternating { (ip, port) throws(SocketError) in try roundTrips(ip, port, count: requests) }
 
         // DNS: the client's resolver (its node's, through 10.96.0.10), a mix of names.
         print("\nDNS: \(dnsSeconds) s, \(dnsInFlight) queries in flight, from the client pod to 10.96.0.10")
@@ -182,21 +183,28 @@ func request(_ ip: String, _ port: UInt16) throws(SocketError) {
     guard read(fd, &buf, buf.count) > 0 else { throw SocketError(description: "no answer from \(ip):\(port)") }
 }
 
-/// `count` round trips (a line out, the echo back) on one connection to the lab's test server.
-func roundTrips(_ ip: String, _ port: UInt16, count: Int) throws(SocketError) -> [Double] {
-    let fd = try connectedSocket(ip, port, noDelay: true)
-    defer { close(fd) }
+/// `count` round trips (a line out, the echo back) on each of two connections to the lab's test
+/// server, taking turns.
+func interleavedRoundTrips(_ ends: [(String, UInt16)], count: Int) throws(SocketError) -> ([Double], [Double]) {
+    var fds: [Int32] = []
+    defer { for fd in fds { close(fd) } }
     var buf = [UInt8](repeating: 0, count: 256)
-    guard read(fd, &buf, buf.count) > 0 else { throw SocketError(description: "no greeting from \(ip):\(port)") }
-    let line = Array("ping\n".utf8)
-    var out: [Double] = []
-    for _ in 0..<count {
-        let s = now()
-        _ = line.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        guard read(fd, &buf, buf.count) > 0 else { throw SocketError(description: "the held connection to \(ip):\(port) broke") }
-        out.append(now() - s)
+    for (ip, port) in ends {
+        let fd = try connectedSocket(ip, port, noDelay: true)
+        fds.append(fd)
+        guard read(fd, &buf, buf.count) > 0 else { throw SocketError(description: "no greeting from \(ip):\(port)") }
     }
-    return out
+    let line = Array("ping\n".utf8)
+    var out: [[Double]] = [[], []]
+    for _ in 0..<count {
+        for i in 0..<2 {
+            let s = now()
+            _ = line.withUnsafeBytes { write(fds[i], $0.baseAddress, $0.count) }
+            guard read(fds[i], &buf, buf.count) > 0 else { throw SocketError(description: "the held connection to \(ends[i].0):\(ends[i].1) broke") }
+            out[i].append(now() - s)
+        }
+    }
+    return (out[0], out[1])
 }
 
 /// A closed-loop DNS load: `inFlight` queries outstanding on one UDP socket, each answer

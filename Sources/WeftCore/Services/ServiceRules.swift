@@ -48,7 +48,7 @@ public enum ServiceRules {
 
     public struct Entry: Sendable, Equatable {
         public let service: ClusterService
-        public var endpoints: [ServiceEndpoint]
+        public let endpoints: [ServiceEndpoint]
         /// What the entry was derived from, when the reader knows (the datastore revisions of the
         /// Service and its EndpointSlices): two entries with the same source are the same entry,
         /// which spares comparing them field by field.
@@ -180,8 +180,10 @@ public enum ServiceRules {
         /// Each service's entry source (see `Entry.source`), apart so checking it copies nothing.
         var sources: [String: String] = [:]
         /// Which service holds each map key: two services naming one external address and port
-        /// cannot both have it, and the one that had it first keeps it.
+        /// cannot both have it; the one that had it keeps it, and the others wait for it
+        /// (`waiting`), rebuilt when it is freed.
         var claims: [String: String] = [:]
+        var waiting: [String: Set<String>] = [:]
 
         public init(node: String? = nil) { self.node = node }
 
@@ -198,51 +200,74 @@ public enum ServiceRules {
         public mutating func update(with entries: [Entry]) -> Change? {
             parent = generation
             generation = ServiceRules.revisions.add(1, ordering: .relaxed).newValue
-            var before: [String: Built] = [:], changed: [String] = []
-            let count = services.count
-            var kept = 0
-            for e in entries {
-                let k = e.key
+            var before: [String: Built] = [:], changed: Set<String> = []
+            var byKey: [String: Entry] = [:]
+            for e in entries { byKey[e.key] = e }
+            // Services gone first, so what they held is free for the others in this same pass.
+            var freed: Set<String> = []
+            for k in services.keys.filter({ byKey[$0] == nil }) {
+                let b = services.removeValue(forKey: k)!
+                sources[k] = nil
+                freed.formUnion(release(k, b.fragment))
+                before[k] = b
+                changed.insert(k)
+            }
+            var todo: [String] = []
+            for (k, e) in byKey {
                 // By source first: a string compare, no copy of the service's build.
                 if let src = e.source, let had = sources[k] {
-                    kept += 1
                     if had == src { continue }
-                } else if let b = services[k] {
-                    kept += 1
-                    if b.entry.same(as: e) { continue }
+                } else if let b = services[k], b.entry.same(as: e) {
+                    continue
                 }
-                changed.append(k)
-                sources[k] = e.source
-                if let b = services.removeValue(forKey: k) {
-                    release(k, b.fragment)
-                    before[k] = b
-                }
-                var f = ServiceRules.fragment(e, node: node)
-                for (map, items) in f.elements {
-                    for key in items.keys {
-                        let claim = "\(map) \(key.text)"
-                        if let owner = claims[claim], owner != k { f.elements[map]![key] = nil } else { claims[claim] = k }
+                todo.append(k)
+            }
+            // Rebuild; a service refused a key another held is rebuilt when that key is freed.
+            while true {
+                // Only keys nobody took again: a rebuilt service gives up and retakes its own.
+                todo += freed.filter { claims[$0] == nil }.flatMap { waiting.removeValue(forKey: $0) ?? [] }.filter { byKey[$0] != nil }
+                freed = []
+                guard !todo.isEmpty else { break }
+                for k in Set(todo).sorted() {
+                    let e = byKey[k]!
+                    changed.insert(k)
+                    sources[k] = e.source
+                    if let b = services.removeValue(forKey: k) {
+                        freed.formUnion(release(k, b.fragment))
+                        if before[k] == nil { before[k] = b }
                     }
-                    if f.elements[map]!.isEmpty { f.elements[map] = nil }
+                    var f = ServiceRules.fragment(e, node: node)
+                    for (map, items) in f.elements {
+                        for key in items.keys {
+                            let claim = "\(map) \(key.text)"
+                            if let owner = claims[claim], owner != k {
+                                f.elements[map]![key] = nil
+                                waiting[claim, default: []].insert(k)
+                            } else {
+                                claims[claim] = k
+                            }
+                        }
+                        if f.elements[map]!.isEmpty { f.elements[map] = nil }
+                    }
+                    services[k] = Built(entry: e, fragment: f, revision: ServiceRules.revisions.add(1, ordering: .relaxed).newValue)
                 }
-                services[k] = Built(entry: e, fragment: f, revision: ServiceRules.revisions.add(1, ordering: .relaxed).newValue)
+                todo = []
             }
-            if kept < count {
-                let keys = Set(entries.map(\.key))
-                for k in services.keys.filter({ !keys.contains($0) }) {
-                    let b = services.removeValue(forKey: k)!
-                    sources[k] = nil
-                    release(k, b.fragment)
-                    before[k] = b
-                    changed.append(k)
-                }
-            }
-            changedKeys = Set(changed)
-            return ServiceRules.changes(from: changed.compactMap { before[$0] }, to: changed.compactMap { services[$0] })
+            changedKeys = changed
+            let keys = changed.sorted()
+            return ServiceRules.changes(from: keys.compactMap { before[$0] }, to: keys.compactMap { services[$0] })
         }
 
-        private mutating func release(_ service: String, _ f: Fragment) {
-            for (map, items) in f.elements { for key in items.keys where claims["\(map) \(key.text)"] == service { claims["\(map) \(key.text)"] = nil } }
+        /// Gives up `service`'s claims; returns the claims now free.
+        private mutating func release(_ service: String, _ f: Fragment) -> Set<String> {
+            var freed: Set<String> = []
+            for (map, items) in f.elements {
+                for key in items.keys where claims["\(map) \(key.text)"] == service {
+                    claims["\(map) \(key.text)"] = nil
+                    freed.insert("\(map) \(key.text)")
+                }
+            }
+            return freed
         }
 
         /// The build of `service` ("namespace/name") the model holds: equal in two models when
@@ -294,7 +319,7 @@ public enum ServiceRules {
                     f.sets[map] = .picker
                     for (i, (ep, port)) in backends.enumerated() {
                         let ec = endpointChain(svc, p, ep, port, into: &f)
-                        if svc.affinityTimeout != nil { sticky.append(.rememberedClient(set: "\(ec)/affinity", family: family, chain: ec)) }
+                        if let t = svc.affinityTimeout { sticky.append(.rememberedClient(set: "\(ec)/affinity/\(t)", family: family, chain: ec)) }
                         element(map, .index(i), .goto(ec))
                     }
                     f.chains[name] = sticky + [.pickRandom(count: backends.count, map: map)]
@@ -343,8 +368,10 @@ public enum ServiceRules {
         if let timeout = svc.affinityTimeout {
             // Session affinity as kube-proxy does it: each endpoint remembers its clients for
             // the timeout; a remembered client goes straight back (see `picker`).
-            f.sets["\(ec)/affinity"] = .clients(ep.address.family, timeout: timeout)
-            rules.append(.rememberClient(set: "\(ec)/affinity", family: ep.address.family))
+            // The timeout is in the name: a set cannot be redefined in place on every kernel
+            // (before 6.5 the new timeout is ignored), so a new timeout makes a new set.
+            f.sets["\(ec)/affinity/\(timeout)"] = .clients(ep.address.family, timeout: timeout)
+            rules.append(.rememberClient(set: "\(ec)/affinity/\(timeout)", family: ep.address.family))
         }
         rules.append(.dnat(proto: p.proto, address: ep.address, port: port))
         f.chains[ec] = rules
@@ -470,8 +497,7 @@ public enum ServiceRules {
             let gone = old.elements[map]!.filter { now[$0.key] != $0.value }.keys.sorted { $0.text < $1.text }
             if !gone.isEmpty { c.update.append(.deleteElements(map: map, gone)) }
         }
-        // A set whose kind changed cannot be redefined in place: its `add` fails, and the agent
-        // then replaces the whole table (which only forgets who had affinity).
+        // Sets are named by what defines them (see `endpointChain`): one that changed is new.
         for n in new.sets.keys.sorted() where old.sets[n] != new.sets[n] { c.update.append(.addSet(n, new.sets[n]!)) }
         for n in new.chains.keys.sorted() where old.chains[n] == nil { c.update.append(.addChain(n)) }
         for n in new.chains.keys.sorted() where old.chains[n] != new.chains[n] {

@@ -38,6 +38,7 @@ public final class NFTablesNetlink: NFTablesOpsWriter {
             if socket == nil { socket = try NetlinkSocket(protocol: NETLINK_NETFILTER) }
             try socket!.sendBatch(messages) { ops[from[$0]].text.trimmingTrailingNewlines() }
         } catch {
+            socket = nil   // nothing stale from this batch can reach the next one
             throw NFTablesError(message: "\(error)")
         }
     }
@@ -127,7 +128,14 @@ enum NFTMessages {
             m.attr(k(NFTA_SET_NAME), string: name)
             return [m]
         case .addElements(let map, let items):
-            return chunks(items.sorted { $0.key.text < $1.key.text }) { chunk in
+            return chunks(items.sorted { $0.key.text < $1.key.text }, size: { item in
+                let chain: Int
+                switch item.value {
+                case .goto(let name): chain = name.utf8.count
+                case .drop: chain = 0
+                }
+                return 64 + chain + bytes(item.key).count
+            }) { chunk in
                 var m = message(k(NFT_MSG_NEWSETELEM), flags: k(NLM_F_CREATE))
                 m.attr(k(NFTA_SET_ELEM_LIST_TABLE), string: table)
                 m.attr(k(NFTA_SET_ELEM_LIST_SET), string: map)
@@ -149,7 +157,7 @@ enum NFTMessages {
                 return m
             }
         case .deleteElements(let map, let keys):
-            return chunks(keys) { chunk in
+            return chunks(keys, size: { 32 + bytes($0).count }) { chunk in
                 var m = message(k(NFT_MSG_DELSETELEM))
                 m.attr(k(NFTA_SET_ELEM_LIST_TABLE), string: table)
                 m.attr(k(NFTA_SET_ELEM_LIST_SET), string: map)
@@ -167,9 +175,21 @@ enum NFTMessages {
         }
     }
 
-    /// Elements in messages of at most 500 (a netlink attribute's length is 16 bits).
-    static func chunks<T>(_ items: [T], _ make: (ArraySlice<T>) -> NetlinkRequest) -> [NetlinkRequest] {
-        stride(from: 0, to: items.count, by: 500).map { make(items[$0..<min($0 + 500, items.count)]) }
+    /// Elements in messages whose element list stays well under 64 KiB (a netlink attribute's
+    /// length is 16 bits, and the list is one attribute); `size` bounds one element's encoding.
+    static func chunks<T>(_ items: [T], size: (T) -> Int, _ make: (ArraySlice<T>) -> NetlinkRequest) -> [NetlinkRequest] {
+        var out: [NetlinkRequest] = [], start = 0, bytes = 0
+        for (i, item) in items.enumerated() {
+            let n = size(item)
+            if bytes + n > 48_000, i > start {
+                out.append(make(items[start..<i]))
+                start = i
+                bytes = 0
+            }
+            bytes += n
+        }
+        if start < items.count { out.append(make(items[start...])) }
+        return out
     }
 
     /// What nft stores with `typeof numgen random mod 1 : verdict` (key and data byte order and

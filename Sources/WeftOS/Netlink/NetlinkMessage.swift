@@ -52,6 +52,7 @@ struct NetlinkRequest {
 
     mutating func endNest() {
         let start = nests.removeLast()
+        precondition(bytes.count - start <= Int(UInt16.max), "netlink attribute of \(bytes.count - start) bytes: split it (the length is 16 bits)")
         let len = UInt16(bytes.count - start)
         bytes[start] = UInt8(len & 0xff)
         bytes[start + 1] = UInt8(len >> 8)

@@ -113,9 +113,16 @@ public final class NetlinkSocket {
             wire += m.finish(seq: seq)
         }
         wire += batchMark(k(NFNL_MSG_BATCH_END))
-        // The kernel refuses a message larger than the send buffer.
-        var size = Int32(clamping: wire.count + 65536)
-        if wire.count > 200_000 { _ = setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size, socklen_t(MemoryLayout<Int32>.size)) }
+        // The kernel refuses a message larger than the send buffer: grow it (FORCE passes the
+        // system's cap; without the privilege for that, as far as the cap allows).
+        var have: Int32 = 0
+        var haveLen = socklen_t(MemoryLayout<Int32>.size)
+        if getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &have, &haveLen) == 0, Int(have) < wire.count + 4096 {
+            var size = Int32(clamping: wire.count + 65536)
+            if setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size, socklen_t(MemoryLayout<Int32>.size)) != 0 {
+                _ = setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+            }
+        }
         let sent = wire.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
         guard sent == wire.count else { throw NetlinkError(operation: "send an nf_tables batch of \(messages.count) messages", errno: sent < 0 ? Glibc.errno : EIO) }
         var failure: NetlinkError?
@@ -125,10 +132,16 @@ public final class NetlinkSocket {
                 let e = Glibc.errno
                 if e == EINTR { continue }
                 if e == EAGAIN || e == EWOULDBLOCK { break }
-                // ENOBUFS: more errors than the receive buffer holds; the batch failed all the same.
+                // ENOBUFS: more errors than the receive buffer holds: the batch failed all the
+                // same; read on, so none of its errors is left for the next batch.
+                if e == ENOBUFS {
+                    failure = failure ?? NetlinkError(operation: "apply an nf_tables batch of \(messages.count) messages", errno: e)
+                    continue
+                }
                 throw failure ?? NetlinkError(operation: "apply an nf_tables batch of \(messages.count) messages", errno: e)
             }
-            for m in headers(in: n) where m.type == UInt16(NLMSG_ERROR) && failure == nil {
+            // Only this batch's replies (BEGIN … END; sequence numbers wrap).
+            for m in headers(in: n) where m.type == UInt16(NLMSG_ERROR) && failure == nil && m.seq &- (first &- 1) <= UInt32(messages.count + 1) {
                 let err = Int32(bitPattern: load(UInt32.self, at: m.payload.lowerBound))
                 guard err != 0 else { continue }
                 let index = Int(m.seq &- first)
