@@ -67,7 +67,7 @@ struct ServiceProxy: Sendable {
                     // Rebuilt from the entries, not only rewritten: a resync repairs the model too.
                     model = ServiceRules.Model(node: node)
                     _ = model.update(with: entries)
-                    try nft.run(ServiceRules.fullScript(model))
+                    try nft.run(ServiceRules.fullScript(model, replacing: try nft.tableNames()))
                 }, onIncrementalFailure: { error in
                     logger.warning("incremental services update failed; replacing the table", metadata: ["error": "\(error)"])
                 })

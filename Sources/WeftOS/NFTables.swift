@@ -84,6 +84,20 @@ public final class LibNFTables: NFTablesRunner {
         }
     }
 
+    /// The names of the namespace's `inet` tables (a raw dump: no libnftables cache).
+    public func tableNames() throws(NFTablesError) -> [String] {
+        do {
+            if socket == nil { socket = try NetlinkSocket(protocol: NETLINK_NETFILTER) }
+            var req = NetlinkRequest(type: (k(NFNL_SUBSYS_NFTABLES) << 8) | k(NFT_MSG_GETTABLE), flags: NLM_F_DUMP)
+            req.append(UInt8(NFPROTO_INET))
+            req.append(UInt8(NFNETLINK_V0))
+            req.append(UInt16(0))
+            return try socket!.exchange(req, { "list the inet tables" }).compactMap { NetlinkAttributes(bytes: $0.payload.dropFirst(4)).string(k(NFTA_TABLE_NAME)) }
+        } catch {
+            throw NFTablesError(message: "\(error)")
+        }
+    }
+
     /// How many rules each chain of an `inet` table holds; nil when the table does not exist.
     /// A raw dump, for comparing the kernel with what was meant to be written.
     public func ruleCounts(table: String) throws(NFTablesError) -> [String: Int]? {

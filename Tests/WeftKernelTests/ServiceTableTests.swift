@@ -154,4 +154,20 @@ import WeftOS
         let after = try ns.run { () throws(NFTablesError) in try nft.list(table: t, family: "inet") } ?? ""
         #expect(!after.contains(" : goto svc-monitoring/"))
     }
+
+    /// A full sync removes shards of another layout (left by an agent of another version).
+    @Test func aFullSyncRemovesShardsOfAnotherLayout() throws {
+        let lab = try KernelLab()
+        defer { lab.close() }
+        let ns = try NetworkNamespace(path: "/run/netns/\(lab.node)")
+        let nft = LibNFTables()
+        let stale = ServiceRules.shardTable(ServiceRules.shardCount + 7)
+        try ns.run { () throws(NFTablesError) in
+            try nft.run("add table inet \(stale)\nadd table inet someone-else\n")
+            try nft.run(ServiceRules.fullScript(ServiceRules.model(try! Self.entries([:])), replacing: try nft.tableNames()))
+        }
+        let names = try ns.run { () throws(NFTablesError) in try nft.tableNames() }
+        #expect(!names.contains(stale), "the stale shard is gone: \(names)")
+        #expect(names.contains("someone-else") && Set(ServiceRules.tables).isSubset(of: Set(names)))
+    }
 }

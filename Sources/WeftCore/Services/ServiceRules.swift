@@ -519,9 +519,12 @@ public enum ServiceRules {
     /// The whole table, replacing whatever is there, in one transaction.
     public static func script(_ entries: [Entry]) -> String { fullScript(model(entries)) }
 
-    public static func fullScript(_ m: Model) -> String {
+    /// - replacing: the namespace's `inet` tables; shards of another layout among them (an agent
+    ///   of another version ran here) are deleted in the same transaction.
+    public static func fullScript(_ m: Model, replacing existing: [String] = []) -> String {
         let t = "inet \(table)"
-        var s = """
+        var s = existing.filter { $0.hasPrefix(table + "-") && !tables.contains($0) }.sorted().map { "delete table inet \($0)\n" }.joined()
+        s += """
         add table \(t)
         delete table \(t)
         add table \(t)
