@@ -122,7 +122,8 @@ struct MultiNodeTests {
         func routes(on i: Int) throws -> String { try sh(["ip", "netns", "exec", lab.nodeNS(i), "ip", "route", "show", "proto", "87"]).stdout }
         let node2Range = try #require(try lab.run(["get", "nodes", "-o", "json"]).json?["items"]?.arrayValue?
             .first { $0["metadata"]?["name"]?.stringValue == "node2" }?["spec"]?["podCIDRs"]?.arrayValue?.first?.stringValue)
-        #expect(try routes(on: 0).contains(node2Range))
+        // Routes follow the nodes' leases: node0 may learn node2's a moment after the lab is up.
+        #expect(try eventually(15) { try routes(on: 0).contains(node2Range) }, "node0 routes node2's range: \((try? routes(on: 0)) ?? "")")
 
         // Kill node2's agent: after the lease TTL, node0 and node1 withdraw its route.
         let pids = try sh(["ip", "netns", "pids", lab.nodeNS(2)]).stdout.split(separator: "\n").compactMap { pid_t($0) }
