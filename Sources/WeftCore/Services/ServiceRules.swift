@@ -201,8 +201,10 @@ public enum ServiceRules {
             parent = generation
             generation = ServiceRules.revisions.add(1, ordering: .relaxed).newValue
             var before: [String: Built] = [:], changed: Set<String> = []
-            var byKey: [String: Entry] = [:]
-            for e in entries { byKey[e.key] = e }
+            // Entry by key (positions, not copies: an entry is large); the last of a key wins.
+            var byKey: [String: Int] = [:]
+            byKey.reserveCapacity(entries.count)
+            for (i, e) in entries.enumerated() { byKey[e.key] = i }
             // Services gone first, so what they held is free for the others in this same pass.
             var freed: Set<String> = []
             for k in services.keys.filter({ byKey[$0] == nil }) {
@@ -213,7 +215,8 @@ public enum ServiceRules {
                 changed.insert(k)
             }
             var todo: [String] = []
-            for (k, e) in byKey {
+            for (k, i) in byKey {
+                let e = entries[i]
                 // By source first: a string compare, no copy of the service's build.
                 if let src = e.source, let had = sources[k] {
                     if had == src { continue }
@@ -229,7 +232,7 @@ public enum ServiceRules {
                 freed = []
                 guard !todo.isEmpty else { break }
                 for k in Set(todo).sorted() {
-                    let e = byKey[k]!
+                    let e = entries[byKey[k]!]
                     changed.insert(k)
                     sources[k] = e.source
                     if let b = services.removeValue(forKey: k) {
