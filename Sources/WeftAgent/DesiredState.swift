@@ -10,13 +10,13 @@ public enum DesiredState {
                                       skipped: (KubeObject) -> Void = { _ in }) async throws -> [ServiceRules.Entry] {
         let services = try await store.list(prefix: Keys.services).items
         // Slices by the service they name: one pass, not one per service.
-        var slices: [String: [(revision: Int64, key: String, value: [UInt8])]] = [:]
+        var slices: [String: [(revision: Int64, key: String, object: KubeObject)]] = [:]
         for kv in try await store.list(prefix: Keys.endpointSlices).items {
             // Keys are PREFIX/NAMESPACE/NAME; the service a slice belongs to is in its labels.
             guard let o = cache?.slices[kv.key].flatMap({ $0.revision == kv.modRevision ? $0.object : nil }) ?? (try? KubeObject(bytes: kv.value)) else { continue }
             cache?.seenSlices[kv.key] = (kv.modRevision, o)
             guard let name = o.labels[EndpointSlices.serviceNameLabel] else { continue }
-            slices["\(o.namespace ?? "default")/\(name)", default: []].append((kv.modRevision, kv.key, kv.value))
+            slices["\(o.namespace ?? "default")/\(name)", default: []].append((kv.modRevision, kv.key, o))
         }
         var entries: [ServiceRules.Entry] = []
         var seen: [String: (source: String, entry: ServiceRules.Entry)] = [:]
@@ -30,8 +30,7 @@ public enum DesiredState {
             }
             guard let o = try? KubeObject(bytes: kv.value) else { continue }
             guard let s = try? ClusterService(o) else { skipped(o); continue }
-            let objects = mine.compactMap { sl in cache?.seenSlices[sl.key]?.object ?? (try? KubeObject(bytes: sl.value)) }
-            let entry = ServiceRules.Entry(service: s, endpoints: EndpointSlices.endpoints(for: s, in: objects), source: source)
+            let entry = ServiceRules.Entry(service: s, endpoints: EndpointSlices.endpoints(for: s, in: mine.map(\.object)), source: source)
             entries.append(entry)
             seen[kv.key] = (source, entry)
         }

@@ -58,15 +58,13 @@ struct ServiceProxy: Sendable {
                 flows?.updateServices(entries)
                 await announce(entries)
                 let meta: Logger.Metadata = ["services": "\(entries.count)", "endpoints": "\(entries.reduce(0) { $0 + $1.endpoints.filter(\.ready).count })"]
-                let change = model.update(with: entries)
                 let outcome = try table.write(update: {
-                    guard let change else { return false }
+                    guard let change = model.update(with: entries) else { return false }
                     try netlink.apply(change.ops)
                     return true
                 }, replace: {
-                    // Rebuilt from the entries, not only rewritten: a resync repairs the model too.
-                    model = ServiceRules.Model(node: node)
-                    _ = model.update(with: entries)
+                    // Built afresh from the entries: a resync repairs the model too.
+                    model = ServiceRules.model(entries, node: node)
                     try nft.run(ServiceRules.fullScript(model, replacing: try nft.tableNames()))
                 }, onIncrementalFailure: { error in
                     logger.warning("incremental services update failed; replacing the table", metadata: ["error": "\(error)"])

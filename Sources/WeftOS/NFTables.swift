@@ -98,13 +98,8 @@ public final class LibNFTables: NFTablesRunner {
         }
     }
 
-    /// How many rules each chain of an `inet` table holds; nil when the table does not exist.
-    /// A raw dump, for comparing the kernel with what was meant to be written.
-    public func ruleCounts(table: String) throws(NFTablesError) -> [String: Int]? {
-        try ruleCounts(tables: [table])[table]
-    }
-
-    /// The same for several tables at once: one dump of rules and one of chains (the kernel
+    /// How many rules each chain of each of `tables` (`inet`) holds, for comparing the kernel
+    /// with what was meant to be written: one dump of rules and one of chains (the kernel
     /// dumps every chain of the namespace whatever table is asked for), bucketed by table.
     /// Tables that do not exist are absent.
     public func ruleCounts(tables: [String]) throws(NFTablesError) -> [String: [String: Int]] {

@@ -78,11 +78,12 @@ import WeftOS
         var model = ServiceRules.Model(node: "n0")
         var seenOps = Set<String>(), seenRules = Set<String>(), seenTables = Set<String>()
         for (i, step) in steps.enumerated() {
-            let want = model.updated(with: try Self.entries(step))
+            // In place, as the agent does: the update returns the change to write.
+            let update = model.update(with: try Self.entries(step))
             if i == 0 {
-                try ns.run { () throws(NFTablesError) in try nft.run(ServiceRules.fullScript(want)) }
+                try ns.run { () throws(NFTablesError) in try nft.run(ServiceRules.fullScript(model)) }
             } else {
-                let change = try #require(ServiceRules.changes(from: model, to: want))
+                let change = try #require(update)
                 for placed in change.update + change.cleanup {
                     seenOps.insert(String("\(placed.op)".prefix { $0 != "(" }))
                     if case .addRule(_, let r) = placed.op { seenRules.insert(String("\(r)".prefix { $0 != "(" })) }
@@ -92,7 +93,6 @@ import WeftOS
                     try netlink.apply(change.ops)
                 }
             }
-            model = want
             let written = try Self.listing(ns, nft)
             // The same model written whole by libnftables, in a second namespace.
             try lab.addNamespace(lab.id + "-ref\(i)")

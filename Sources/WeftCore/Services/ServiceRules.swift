@@ -190,7 +190,7 @@ public enum ServiceRules {
         /// The model for `entries`, rebuilding only the services whose entry changed.
         public func updated(with entries: [Entry]) -> Model {
             var m = self
-            _ = m.update(with: entries)
+            _ = m.rebuild(with: entries)
             return m
         }
 
@@ -198,6 +198,13 @@ public enum ServiceRules {
         /// changed, and returns what that changes in the tables (nil: nothing). In place, so a
         /// pass over 10,000 unchanged services copies none of them.
         public mutating func update(with entries: [Entry]) -> Change? {
+            let before = rebuild(with: entries)
+            let keys = changedKeys.sorted()
+            return ServiceRules.changes(from: keys.compactMap { before[$0] }, to: keys.compactMap { services[$0] })
+        }
+
+        /// `update(with:)` without working out the change; returns the builds it replaced or removed.
+        private mutating func rebuild(with entries: [Entry]) -> [String: Built] {
             parent = generation
             generation = ServiceRules.revisions.add(1, ordering: .relaxed).newValue
             var before: [String: Built] = [:], changed: Set<String> = []
@@ -257,8 +264,7 @@ public enum ServiceRules {
                 todo = []
             }
             changedKeys = changed
-            let keys = changed.sorted()
-            return ServiceRules.changes(from: keys.compactMap { before[$0] }, to: keys.compactMap { services[$0] })
+            return before
         }
 
         /// Gives up `service`'s claims; returns the claims now free.
@@ -279,8 +285,6 @@ public enum ServiceRules {
         public var fragments: [Fragment] { services.keys.sorted().map { services[$0]!.fragment } }
         public var ruleCount: Int { services.values.reduce(0) { $0 + $1.fragment.chains.values.reduce(0) { $0 + $1.count } } }
         public var elementCount: Int { services.values.reduce(0) { $0 + $1.fragment.elements.values.reduce(0) { $0 + $1.count } } }
-        /// Every chain of the table beyond the fixed ones (name → rules).
-        public var chains: [String: [Rule]] { services.values.reduce(into: [:]) { $0.merge($1.fragment.chains) { a, _ in a } } }
     }
 
     /// - node: the node the table is for (Local traffic policies keep to its endpoints).
