@@ -1,8 +1,12 @@
 #define _GNU_SOURCE
 #include <sched.h>
+#include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
+#include <sys/syscall.h>
 #include <sys/vfs.h>
+#include <sys/wait.h>
 #include <linux/magic.h>
 #include "CWeftLinux.h"
 
@@ -12,4 +16,45 @@ int weft_pipe2_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
 int weft_is_nsfs(int fd) {
     struct statfs st;
     return fstatfs(fd, &st) == 0 && st.f_type == NSFS_MAGIC;
+}
+
+// Closes every descriptor from 3 up except a and b (close_range, Linux 5.9; a loop before it).
+static void close_all_but(int a, int b) {
+    int lo = a < b ? a : b, hi = a < b ? b : a;
+    int keep[2] = { lo, hi };
+    int from = 3;
+    for (int i = 0; i < 2; i++) {
+        if (keep[i] < from) continue;
+        if (keep[i] > from && syscall(SYS_close_range, from, keep[i] - 1, 0) != 0)
+            for (int fd = from; fd < keep[i]; fd++) close(fd);
+        from = keep[i] + 1;
+    }
+    if (syscall(SYS_close_range, from, ~0U, 0) != 0)
+        for (int fd = from; fd < 65536; fd++) close(fd);
+}
+
+int weft_send_detached(int fd, const void *msg, size_t len, int hangup_fd) {
+    pid_t child = fork();
+    if (child < 0) return -errno;
+    if (child == 0) {
+        // Only async-signal-safe calls from here: the parent may have had other threads.
+        setsid();
+        pid_t grandchild = _Fork();
+        if (grandchild != 0) _exit(grandchild < 0 ? 1 : 0);
+        // Reparented to init (or the nearest subreaper) once its parent exits, so no one
+        // has to wait for it; it holds nothing of the caller's but fd and hangup_fd.
+        struct sigaction ignore = { 0 };
+        ignore.sa_handler = SIG_IGN;
+        sigaction(SIGPIPE, &ignore, NULL);
+        int null = open("/dev/null", O_RDWR);
+        if (null >= 0) { dup2(null, 0); dup2(null, 1); dup2(null, 2); }
+        close_all_but(fd, hangup_fd);
+        send(fd, msg, len, 0);
+        _exit(0);
+    }
+    int status = 0;
+    while (waitpid(child, &status, 0) < 0) {
+        if (errno != EINTR) return -errno;
+    }
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -ECHILD;
 }

@@ -13,9 +13,19 @@ struct DelCommand {
         var removedPair = false
         if !env.netns.isEmpty, let ns = try? node.openNamespace(env.netns), let pod = try? ns.control(),
            let link = try? pod.link(named: env.ifname) {
-            try kernel("delete \(env.ifname) in the pod") { try pod.deleteLink(index: link.index) }
-            // Deleting one end of a veth deletes its peer, the host end, in the same call.
-            removedPair = link.kind == "veth"
+            if link.kind == "veth" {
+                // Deleting one end of a veth deletes its peer, the host end, in the same call.
+                // DEL answers once both are gone; the kernel's wait before it frees them (most
+                // of a deletion's time) is left to a helper process.
+                let host = try kernel("open netlink on the node") { try node.hostNetwork() }
+                let hostName = hostVethName(containerID: env.containerID, ifname: env.ifname)
+                try kernel("delete \(env.ifname) in the pod") {
+                    try pod.deleteLinkReturningWhenGone(index: link.index, peer: (host, hostName))
+                }
+                removedPair = true
+            } else {
+                try kernel("delete \(env.ifname) in the pod") { try pod.deleteLink(index: link.index) }
+            }
         }
         if !removedPair {
             // The namespace is gone (its veth went with it) or was never reached: make sure

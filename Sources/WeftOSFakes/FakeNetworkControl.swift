@@ -179,6 +179,15 @@ public final class FakeNetworkControl: NetworkControl {
         record("deleteLink \(name)")
     }
 
+    /// Memory frees at once here, so this is `deleteLink`; a peer left behind is the fake
+    /// kernel's bug, reported as the real one would never be.
+    public func deleteLinkReturningWhenGone(index: Int32, peer: (control: any NetworkControl, name: String)?) throws(NetlinkError) {
+        try deleteLink(index: index)
+        if let peer, try peer.control.link(named: peer.name) != nil {
+            throw NetlinkError(operation: "delete link #\(index)", errno: EIO, kernelMessage: "fake kernel: peer \(peer.name) outlived its veth")
+        }
+    }
+
     public func setUp(index: Int32) throws(NetlinkError) {
         try inject("setUp")
         _ = try existing(index, "set link up")

@@ -24,4 +24,10 @@ int weft_clone_newnet(void);
 int weft_pipe2_cloexec(int fds[2]);
 // True when fd is a namespace file (nsfs), as /var/run/netns/NAME and /proc/PID/ns/net are.
 int weft_is_nsfs(int fd);
+// Sends msg on socket fd from a detached grandchild process (its own session, stdio on
+// /dev/null, every other descriptor closed) and returns once that process exists, without
+// waiting for the send. hangup_fd (a pipe's write end) is kept open in the grandchild only
+// for as long as it lives, so the pipe's read end reports when the send has returned.
+// Returns 0, or -errno when no process could be made.
+int weft_send_detached(int fd, const void *msg, size_t len, int hangup_fd);
 #endif

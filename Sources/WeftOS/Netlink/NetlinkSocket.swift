@@ -152,6 +152,55 @@ public final class NetlinkSocket {
         if let failure { throw failure }
     }
 
+    /// Joins a multicast group (RTNLGRP_LINK, …) of the socket's namespace.
+    func join(group: Int32, _ what: @autoclosure () -> String) throws(NetlinkError) {
+        var g = group
+        guard setsockopt(fd, Int32(SOL_NETLINK), NETLINK_ADD_MEMBERSHIP, &g, socklen_t(MemoryLayout<Int32>.size)) == 0 else {
+            let e = Glibc.errno
+            throw NetlinkError(operation: "join \(what())\(e == EPERM ? ": needs CAP_NET_ADMIN in this network namespace" : "")", errno: e)
+        }
+    }
+
+    /// Leaves a group and drops what it queued, so the socket serves requests again unmixed.
+    func leave(group: Int32) {
+        var g = group
+        _ = setsockopt(fd, Int32(SOL_NETLINK), NETLINK_DROP_MEMBERSHIP, &g, socklen_t(MemoryLayout<Int32>.size))
+        _ = try? pending()
+    }
+
+    /// The next request's wire form, numbered as `exchange` would number it.
+    func numbered(_ request: NetlinkRequest) -> (wire: [UInt8], seq: UInt32) {
+        seq &+= 1
+        var req = request
+        return (req.finish(seq: seq), seq)
+    }
+
+    /// Every message queued now, without waiting. An overrun (ENOBUFS: the kernel dropped
+    /// multicasts) is skipped: readers of multicasts cope with gaps.
+    func pending() throws(NetlinkError) -> [NetlinkMessage] {
+        var out: [NetlinkMessage] = []
+        while true {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+            if n < 0 {
+                let e = Glibc.errno
+                if e == EINTR || e == ENOBUFS { continue }
+                if e == EAGAIN || e == EWOULDBLOCK { return out }
+                throw NetlinkError(operation: "receive netlink messages", errno: e)
+            }
+            for m in headers(in: n) {
+                out.append(NetlinkMessage(type: m.type, flags: m.flags, seq: m.seq, payload: buffer[m.payload]))
+            }
+        }
+    }
+
+    /// The error an NLMSG_ERROR message carries: nil for an ACK.
+    func error(in m: NetlinkMessage, _ operation: @autoclosure () -> String) -> NetlinkError? {
+        guard m.payload.count >= 4 else { return NetlinkError(operation: operation(), errno: EIO) }
+        let err = m.payload.withUnsafeBytes { Int32(bitPattern: $0.loadUnaligned(as: UInt32.self)) }
+        guard err != 0 else { return nil }
+        return NetlinkError(operation: operation(), errno: -err, kernelMessage: extAckMessage(m.payload, flags: m.flags))
+    }
+
     /// The messages in the first `n` bytes of the buffer: type, flags, seq and where the payload is.
     private func headers(in n: Int) -> [(type: UInt16, flags: UInt16, seq: UInt32, payload: Range<Int>)] {
         var out: [(type: UInt16, flags: UInt16, seq: UInt32, payload: Range<Int>)] = []
@@ -170,7 +219,7 @@ public final class NetlinkSocket {
     }
 
     /// NLMSGERR_ATTR_MSG from an extended ack, after the (capped) original header.
-    private func extAckMessage(_ payload: ArraySlice<UInt8>, flags: UInt16) -> String? {
+    func extAckMessage(_ payload: ArraySlice<UInt8>, flags: UInt16) -> String? {
         guard flags & UInt16(NLM_F_ACK_TLVS) != 0 else { return nil }
         let capped = flags & UInt16(NLM_F_CAPPED) != 0
         let skip = 4 + 16 + (capped ? 0 : Int(payload.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self) }) - 16)

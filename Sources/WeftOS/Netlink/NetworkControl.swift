@@ -82,6 +82,10 @@ public protocol NetworkControl: AnyObject {
     func links() throws(NetlinkError) -> [Link]
     func createLink(_ spec: LinkSpec) throws(NetlinkError)
     func deleteLink(index: Int32) throws(NetlinkError)
+    /// `deleteLink`, returning as soon as the link and its veth peer (`peer.name` in
+    /// `peer.control`'s namespace) are gone rather than when the kernel has freed them; see
+    /// `Rtnetlink.deleteLinkReturningWhenGone`.
+    func deleteLinkReturningWhenGone(index: Int32, peer: (control: any NetworkControl, name: String)?) throws(NetlinkError)
     func setUp(index: Int32) throws(NetlinkError)
     func setMaster(index: Int32, master: Int32?) throws(NetlinkError)
     func setMTU(index: Int32, mtu: Int) throws(NetlinkError)

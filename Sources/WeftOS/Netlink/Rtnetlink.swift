@@ -15,7 +15,7 @@ public final class Rtnetlink: NetworkControl {
 
     // MARK: links
 
-    private func linkMessage(_ type: some BinaryInteger, flags: Int32 = 0, index: Int32 = 0, family: Int32 = AF_UNSPEC) -> NetlinkRequest {
+    func linkMessage(_ type: some BinaryInteger, flags: Int32 = 0, index: Int32 = 0, family: Int32 = AF_UNSPEC) -> NetlinkRequest {
         var r = NetlinkRequest(type: UInt16(type), flags: flags)
         var m = ifinfomsg()
         m.ifi_family = UInt8(family)
