@@ -21,17 +21,19 @@ public struct Plugin {
 
     public func run(environment: [String: String], stdin: [UInt8]) -> Outcome {
         // The error JSON carries the config's cniVersion when it can be read.
+        // Parsed once; nil when stdin is not JSON (NetworkConfig.parse then says why).
+        let json = try? JSONValue.parse(stdin)
         var replyVersion = CNIVersion.latest.description
-        if let j = try? JSONValue.parse(stdin), let v = j["cniVersion"]?.stringValue, let cv = CNIVersion(v), cv.isSupported {
+        if let v = json?["cniVersion"]?.stringValue, let cv = CNIVersion(v), cv.isSupported {
             replyVersion = v
         }
         // Read apart from the full parse, so invocations with a bad config are recorded too.
-        let eventLog = (try? JSONValue.parse(stdin))?["eventLog"]?.stringValue
+        let eventLog = json?["eventLog"]?.stringValue
         let command = environment["CNI_COMMAND"]
         do throws(CNIError) {
             let env = try CNIEnvironment.parse(environment)
-            if env.command == .version { return Outcome(stdout: versionReply(stdin), exitCode: 0) }
-            let config = try NetworkConfig.parse(stdin, env: env)
+            if env.command == .version { return Outcome(stdout: versionReply(json), exitCode: 0) }
+            let config = if let json { try NetworkConfig.parse(json, env: env) } else { try NetworkConfig.parse(stdin, env: env) }
             let out = try dispatch(env, config)
             return Outcome(stdout: out, exitCode: 0, command: command, eventLog: eventLog)
         } catch {
@@ -66,9 +68,9 @@ public struct Plugin {
         }
     }
 
-    func versionReply(_ stdin: [UInt8]) -> String {
+    func versionReply(_ config: JSONValue?) -> String {
         var v = CNIVersion.latest.description
-        if let j = try? JSONValue.parse(stdin), let asked = j["cniVersion"]?.stringValue, CNIVersion(asked)?.isSupported == true { v = asked }
+        if let asked = config?["cniVersion"]?.stringValue, CNIVersion(asked)?.isSupported == true { v = asked }
         return JSONValue.object([
             ("cniVersion", .string(v)),
             ("supportedVersions", .array(CNIVersion.supported.map { .string($0.description) })),

@@ -1,9 +1,3 @@
-#if canImport(FoundationEssentials)
-import FoundationEssentials
-#else
-import Foundation
-#endif
-
 /// A JSON document as a value. CNI configs are read through this rather than `Decodable`
 /// structs for two reasons: Go runtimes and Go-written configs match keys case-insensitively
 /// (`HostPort`, `IPAM`), and a bad field must be reported with its full path and the value seen.
@@ -23,8 +17,8 @@ public enum JSONValue: Sendable, Hashable {
         case let (.string(x), .string(y)): return x == y
         case let (.array(x), .array(y)): return x == y
         case let (.object(x), .object(y)):
-            // Member order carries no meaning in JSON (and the decoder does not keep it), so
-            // objects are equal when they hold the same members in any order.
+            // Member order carries no meaning in JSON, so objects are equal when they hold the
+            // same members in any order.
             guard x.count == y.count else { return false }
             if zip(x, y).allSatisfy({ $0.0 == $1.0 && $0.1 == $1.1 }) { return true }
             let members = Dictionary(y, uniquingKeysWith: { first, _ in first })
@@ -99,14 +93,22 @@ public enum JSONValue: Sendable, Hashable {
         public var description: String { switch self { case .invalid(let m): m } }
     }
 
+    /// Parses one JSON text (RFC 8259: no comments, no trailing commas, UTF-8). Objects keep
+    /// their members in document order; a repeated key keeps its first place and its last value,
+    /// as Go's decoder lets the last one win.
+    ///
+    /// Written here rather than through `JSONDecoder`: decoding a `JSONValue` there instantiates
+    /// generic metadata at run time and scans every protocol conformance in the binary, about a
+    /// third of the CNI plugin's start-up (~1 ms of ~3.4 ms per invocation), and it would make
+    /// every executable link Foundation for this alone.
     public static func parse(_ bytes: [UInt8]) throws -> JSONValue {
-        do {
-            return try JSONDecoder().decode(JSONValue.self, from: Data(bytes))
-        } catch let DecodingError.dataCorrupted(ctx) {
-            let underlying = (ctx.underlyingError as? CustomStringConvertible)?.description
-            throw ParseError.invalid(underlying ?? ctx.debugDescription)
-        } catch {
-            throw ParseError.invalid("\(error)")
+        try bytes.withUnsafeBufferPointer { buffer throws(ParseError) in
+            var parser = Parser(bytes: buffer)
+            parser.skipSpace()
+            let value = try parser.value(depth: 0)
+            parser.skipSpace()
+            guard parser.at == buffer.count else { throw parser.failure("unexpected \(parser.describeNext()) after the document") }
+            return value
         }
     }
 
@@ -170,33 +172,224 @@ public enum JSONValue: Sendable, Hashable {
     }
 }
 
-extension JSONValue: Decodable {
-    private struct Key: CodingKey {
-        var stringValue: String
-        var intValue: Int? { nil }
-        init(stringValue: String) { self.stringValue = stringValue }
-        init?(intValue: Int) { nil }
+/// A recursive-descent JSON reader over UTF-8 bytes.
+private struct Parser {
+    let bytes: UnsafeBufferPointer<UInt8>
+    var at = 0
+    /// Deeper nesting is refused rather than risking the stack on hostile input.
+    static let maxDepth = 512
+
+    init(bytes: UnsafeBufferPointer<UInt8>) { self.bytes = bytes }
+
+    /// Where `at` is, as a person counts it.
+    func failure(_ what: String) -> JSONValue.ParseError {
+        var line = 1, column = 1
+        for b in bytes[..<min(at, bytes.count)] {
+            if b == UInt8(ascii: "\n") { line += 1; column = 1 } else if b & 0xC0 != 0x80 { column += 1 }
+        }
+        return .invalid("\(what) at line \(line), column \(column)")
     }
 
-    public init(from decoder: Decoder) throws {
-        if let c = try? decoder.container(keyedBy: Key.self) {
-            // allKeys loses the document order; JSON objects are unordered, so sort for stability.
-            self = .object(try c.allKeys.sorted { $0.stringValue < $1.stringValue }.map {
-                ($0.stringValue, try c.decode(JSONValue.self, forKey: $0))
-            })
-            return
+    func describeNext() -> String {
+        guard at < bytes.count else { return "end of input" }
+        let b = bytes[at]
+        return b >= 0x20 && b < 0x7F ? "character '\(Character(Unicode.Scalar(b)))'" : "byte 0x\(String(b, radix: 16))"
+    }
+
+    mutating func skipSpace() {
+        while at < bytes.count {
+            switch bytes[at] {
+            case 0x20, 0x09, 0x0A, 0x0D: at += 1
+            default: return
+            }
         }
-        if var c = try? decoder.unkeyedContainer() {
-            var items: [JSONValue] = []
-            while !c.isAtEnd { items.append(try c.decode(JSONValue.self)) }
-            self = .array(items)
-            return
+    }
+
+    mutating func value(depth: Int) throws(JSONValue.ParseError) -> JSONValue {
+        guard at < bytes.count else { throw failure("unexpected end of input, expected a value") }
+        switch bytes[at] {
+        case UInt8(ascii: "{"): return try object(depth: depth + 1)
+        case UInt8(ascii: "["): return try array(depth: depth + 1)
+        case UInt8(ascii: "\""): return .string(try string())
+        case UInt8(ascii: "t"): try literal("true"); return .bool(true)
+        case UInt8(ascii: "f"): try literal("false"); return .bool(false)
+        case UInt8(ascii: "n"): try literal("null"); return .null
+        case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"): return .number(try number())
+        default: throw failure("unexpected \(describeNext()), expected a value")
         }
-        let c = try decoder.singleValueContainer()
-        if c.decodeNil() { self = .null }
-        else if let b = try? c.decode(Bool.self) { self = .bool(b) }
-        else if let d = try? c.decode(Double.self) { self = .number(d) }
-        else { self = .string(try c.decode(String.self)) }
+    }
+
+    mutating func literal(_ word: StaticString) throws(JSONValue.ParseError) {
+        let n = word.utf8CodeUnitCount
+        guard at + n <= bytes.count, (0..<n).allSatisfy({ bytes[at + $0] == word.utf8Start[$0] }) else {
+            throw failure("unexpected \(describeNext()), expected a value")
+        }
+        at += n
+    }
+
+    mutating func object(depth: Int) throws(JSONValue.ParseError) -> JSONValue {
+        guard depth <= Parser.maxDepth else { throw failure("nesting deeper than \(Parser.maxDepth) levels") }
+        at += 1
+        var members: [(String, JSONValue)] = []
+        var index: [String: Int] = [:]
+        skipSpace()
+        if at < bytes.count, bytes[at] == UInt8(ascii: "}") { at += 1; return .object([]) }
+        while true {
+            skipSpace()
+            guard at < bytes.count, bytes[at] == UInt8(ascii: "\"") else { throw failure("unexpected \(describeNext()), expected a member name in quotes") }
+            let key = try string()
+            skipSpace()
+            guard at < bytes.count, bytes[at] == UInt8(ascii: ":") else { throw failure("unexpected \(describeNext()), expected ':' after member name \"\(key)\"") }
+            at += 1
+            skipSpace()
+            let v = try value(depth: depth)
+            if let i = index[key] { members[i].1 = v } else { index[key] = members.count; members.append((key, v)) }
+            skipSpace()
+            guard at < bytes.count else { throw failure("unexpected end of input, expected ',' or '}'") }
+            if bytes[at] == UInt8(ascii: ",") { at += 1; continue }
+            if bytes[at] == UInt8(ascii: "}") { at += 1; return .object(members) }
+            throw failure("unexpected \(describeNext()), expected ',' or '}'")
+        }
+    }
+
+    mutating func array(depth: Int) throws(JSONValue.ParseError) -> JSONValue {
+        guard depth <= Parser.maxDepth else { throw failure("nesting deeper than \(Parser.maxDepth) levels") }
+        at += 1
+        var items: [JSONValue] = []
+        skipSpace()
+        if at < bytes.count, bytes[at] == UInt8(ascii: "]") { at += 1; return .array([]) }
+        while true {
+            skipSpace()
+            items.append(try value(depth: depth))
+            skipSpace()
+            guard at < bytes.count else { throw failure("unexpected end of input, expected ',' or ']'") }
+            if bytes[at] == UInt8(ascii: ",") { at += 1; continue }
+            if bytes[at] == UInt8(ascii: "]") { at += 1; return .array(items) }
+            throw failure("unexpected \(describeNext()), expected ',' or ']'")
+        }
+    }
+
+    /// A string from its opening quote: escapes decoded, UTF-8 checked, raw control characters refused.
+    mutating func string() throws(JSONValue.ParseError) -> String {
+        at += 1
+        let start = at
+        // The common case, no escapes: one validated copy of the bytes.
+        while at < bytes.count, bytes[at] != UInt8(ascii: "\""), bytes[at] != UInt8(ascii: "\\"), bytes[at] >= 0x20 { at += 1 }
+        if at < bytes.count, bytes[at] == UInt8(ascii: "\"") {
+            defer { at += 1 }
+            return try utf8(start..<at)
+        }
+        var scalars = String.UnicodeScalarView()
+        scalars.append(contentsOf: try utf8(start..<at).unicodeScalars)
+        while true {
+            guard at < bytes.count else { throw failure("unexpected end of input inside a string") }
+            let b = bytes[at]
+            if b == UInt8(ascii: "\"") { at += 1; return String(scalars) }
+            if b < 0x20 { throw failure("unexpected \(describeNext()) inside a string (control characters must be escaped)") }
+            if b == UInt8(ascii: "\\") {
+                at += 1
+                guard at < bytes.count else { throw failure("unexpected end of input inside a string") }
+                let e = bytes[at]
+                at += 1
+                switch e {
+                case UInt8(ascii: "\""): scalars.append("\"")
+                case UInt8(ascii: "\\"): scalars.append("\\")
+                case UInt8(ascii: "/"): scalars.append("/")
+                case UInt8(ascii: "b"): scalars.append("\u{08}")
+                case UInt8(ascii: "f"): scalars.append("\u{0C}")
+                case UInt8(ascii: "n"): scalars.append("\n")
+                case UInt8(ascii: "r"): scalars.append("\r")
+                case UInt8(ascii: "t"): scalars.append("\t")
+                case UInt8(ascii: "u"): scalars.append(try escapedScalar())
+                default:
+                    at -= 1
+                    throw failure("unknown escape \\\(describeNext()) inside a string (known: \\\" \\\\ \\/ \\b \\f \\n \\r \\t \\uXXXX)")
+                }
+                continue
+            }
+            let runStart = at
+            while at < bytes.count, bytes[at] != UInt8(ascii: "\""), bytes[at] != UInt8(ascii: "\\"), bytes[at] >= 0x20 { at += 1 }
+            scalars.append(contentsOf: try utf8(runStart..<at).unicodeScalars)
+        }
+    }
+
+    /// After `\u`: four hex digits, and for a high surrogate the `\uXXXX` of its low half.
+    mutating func escapedScalar() throws(JSONValue.ParseError) -> Unicode.Scalar {
+        let high = try hex4()
+        if (0xD800..<0xDC00).contains(high) {
+            guard at + 1 < bytes.count, bytes[at] == UInt8(ascii: "\\"), bytes[at + 1] == UInt8(ascii: "u") else {
+                throw failure("\\u\(String(high, radix: 16)) is half of a surrogate pair with no \\uDC00–\\uDFFF after it")
+            }
+            at += 2
+            let low = try hex4()
+            guard (0xDC00..<0xE000).contains(low) else { throw failure("\\u\(String(low, radix: 16)) does not complete the surrogate pair \\u\(String(high, radix: 16))") }
+            return Unicode.Scalar(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))!
+        }
+        guard let scalar = Unicode.Scalar(high) else { throw failure("\\u\(String(high, radix: 16)) is an unpaired low surrogate") }
+        return scalar
+    }
+
+    mutating func hex4() throws(JSONValue.ParseError) -> UInt32 {
+        var v: UInt32 = 0
+        for _ in 0..<4 {
+            guard at < bytes.count, let d = hexDigit(bytes[at]) else { throw failure("unexpected \(describeNext()), expected 4 hex digits after \\u") }
+            v = v << 4 | d
+            at += 1
+        }
+        return v
+    }
+
+    func hexDigit(_ b: UInt8) -> UInt32? {
+        switch b {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): UInt32(b - UInt8(ascii: "0"))
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): UInt32(b - UInt8(ascii: "a") + 10)
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): UInt32(b - UInt8(ascii: "A") + 10)
+        default: nil
+        }
+    }
+
+    func utf8(_ range: Range<Int>) throws(JSONValue.ParseError) -> String {
+        guard let s = String(validating: UnsafeBufferPointer(rebasing: bytes[range]), as: UTF8.self) else {
+            var probe = self
+            probe.at = range.lowerBound
+            throw probe.failure("invalid UTF-8 inside a string")
+        }
+        return s
+    }
+
+    /// -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?, read as a Double (as Go reads into `any`).
+    mutating func number() throws(JSONValue.ParseError) -> Double {
+        let start = at
+        func digits() -> Int {
+            let from = at
+            while at < bytes.count, bytes[at] >= UInt8(ascii: "0"), bytes[at] <= UInt8(ascii: "9") { at += 1 }
+            return at - from
+        }
+        if bytes[at] == UInt8(ascii: "-") { at += 1 }
+        guard at < bytes.count, bytes[at] >= UInt8(ascii: "0"), bytes[at] <= UInt8(ascii: "9") else {
+            throw failure("unexpected \(describeNext()), expected a digit in a number")
+        }
+        if bytes[at] == UInt8(ascii: "0") {
+            at += 1
+        } else {
+            _ = digits()
+        }
+        if at < bytes.count, bytes[at] == UInt8(ascii: ".") {
+            at += 1
+            guard digits() > 0 else { throw failure("unexpected \(describeNext()), expected a digit after the decimal point") }
+        }
+        if at < bytes.count, bytes[at] == UInt8(ascii: "e") || bytes[at] == UInt8(ascii: "E") {
+            at += 1
+            if at < bytes.count, bytes[at] == UInt8(ascii: "+") || bytes[at] == UInt8(ascii: "-") { at += 1 }
+            guard digits() > 0 else { throw failure("unexpected \(describeNext()), expected a digit in the exponent") }
+        }
+        let text = String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<at]), as: UTF8.self)
+        guard let d = Double(text), d.isFinite else {
+            var probe = self
+            probe.at = start
+            throw probe.failure("number \(text) is out of range")
+        }
+        return d
     }
 }
 

@@ -83,7 +83,6 @@ import WeftCore
         .null, .bool(true), .bool(false), .number(0), .number(-12), .number(0.1), .number(-2.5e-7), .number(1e15),
         .number(1e300), .number(123_456_789_012_345), .string(""), .string("quote \" back \\ nl \n tab \t ctl \u{02} é 😀"),
         .array([]), .object([]),
-        // parse() orders members by key, so samples are written that way.
         .object([("a", .array([.number(1), .string("2"), .null, .object([("x", .bool(false))])])),
                  ("b", .object([("c", .object([("d", .array([.array([])]))]))])),
                  ("cniVersion", .string("1.1.0"))]),
@@ -95,12 +94,43 @@ import WeftCore
         #expect(try JSONValue.parse(value.serialized(pretty: true)) == value)
     }
 
-    @Test func parseOrdersMembersSoEqualDocumentsCompareEqual() throws {
+    @Test func parseKeepsDocumentOrderAndEqualDocumentsCompareEqual() throws {
         let a = try JSONValue.parse(#"{"b": 1, "a": {"y": 2, "x": 3}}"#)
         let b = try JSONValue.parse(#"{"a": {"x": 3, "y": 2}, "b": 1}"#)
         #expect(a == b)
         #expect(a.hashValue == b.hashValue)
-        #expect(a.serialized() == #"{"a":{"x":3,"y":2},"b":1}"#)
+        #expect(a.serialized() == #"{"b":1,"a":{"y":2,"x":3}}"#)
+    }
+
+    /// Go's decoder lets the last of repeated keys win; the member keeps its first place.
+    @Test func aRepeatedKeyKeepsTheLastValue() throws {
+        let v = try JSONValue.parse(#"{"a": 1, "b": 2, "a": 3}"#)
+        #expect(v.objectMembers?.map(\.0) == ["a", "b"])
+        #expect(v["a"] == .number(3))
+    }
+
+    @Test func numbersOfEveryForm() throws {
+        #expect(try JSONValue.parse("[-0, 1E+2, 0.5e-3, 10, -1.25, 1e-2]") == .array([.number(-0.0), .number(100), .number(0.0005), .number(10), .number(-1.25), .number(0.01)]))
+    }
+
+    /// Each error says what was found, what would do, and where (line and column).
+    @Test(arguments: [
+        ("{\"a\": 1,\n \"b\": x}", "unexpected character 'x', expected a value at line 2, column 7"),
+        ("[1, 2", "unexpected end of input, expected ',' or ']' at line 1, column 6"),
+        ("[1,]", "unexpected character ']', expected a value at line 1, column 4"),
+        (#"{"a" 1}"#, "expected ':' after member name \"a\" at line 1, column 6"),
+        (#"{"a": 1} x"#, "unexpected character 'x' after the document at line 1, column 10"),
+        ("\"tab\there\"", "control characters must be escaped"),
+        (#""\q""#, "unknown escape"),
+        (#""\ud83d""#, "half of a surrogate pair"),
+        (#""\ude00""#, "unpaired low surrogate"),
+        ("01", "after the document at line 1, column 2"),
+        ("1e999", "number 1e999 is out of range"),
+        (String(repeating: "[", count: 100_000), "nesting deeper than 512 levels"),
+    ])
+    func errorsSayWhatAndWhere(text: String, message: String) {
+        let e = #expect(throws: JSONValue.ParseError.self) { try JSONValue.parse(text) }
+        #expect(e?.description.contains(message) == true, "\(String(describing: e))")
     }
 
     @Test func equalityAndHashing() {
@@ -166,12 +196,10 @@ import WeftCore
         #expect(JSONValue.array([]).setting("a", to: .null) == .array([]))
     }
 
-    // Not listed: trailing commas ("[1,]"), which Foundation's JSONDecoder accepts on purpose
-    // (swift-corelibs-foundation#4682). CNI runtimes parse the config with Go's encoding/json
-    // before any plugin sees it, so such documents never reach weft.
     @Test(arguments: [
         "", "{", "}", "[1, 2", #"{"a": }"#, #"{"a" 1}"#, "{'a': 1}", "[1,,2]", "[,]", #"{,"a": 1}"#, "nul", "tru", "01",
         #""unterminated"#, #"{"a": 1} x"#, "[1] [2]", #"{"a": "\x"}"#, "NaN", "- 1", "{a: 1}",
+        "[1,]", #"{"a": 1,}"#, "1.", "1e", "-", ".5", "+1", "0x10", "[1 2]", "// c\n1", "\u{FEFF}1",
     ])
     func invalidJSONThrows(text: String) {
         #expect(throws: JSONValue.ParseError.self, "\(text) should not parse") { try JSONValue.parse(text) }

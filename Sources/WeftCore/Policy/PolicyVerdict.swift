@@ -63,7 +63,7 @@ public struct PolicyVerdict: Sendable, Equatable {
         // A spoofed source names nobody (or an innocent pod): the interface names the sender.
         let judgedPod = direction == "spoofed" ? nil : pod(at: judged)
         var policies: [String] = []
-        if let judgedPod, let d = NetworkPolicy.Direction(rawValue: direction.capitalized) {
+        if let judgedPod, let d = NetworkPolicy.Direction(rawValue: direction.prefix(1).uppercased() + direction.dropFirst()) {
             policies = input.isolating(judgedPod, d).map(\.id).sorted()
         }
         return PolicyVerdict(direction: direction, pod: judgedPod.map { "\($0.namespace)/\($0.name)" }, peer: name(peer), proto: protocolName(proto),
