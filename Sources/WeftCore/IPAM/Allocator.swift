@@ -56,7 +56,11 @@ public struct Allocator: Sendable {
     /// `requested` addresses (runtimeConfig `ips`, CNI_ARGS `IP`) must each fall in some set.
     public func allocate(in store: some IPAMStore, for owner: AllocationOwner, requested: [IPAddress] = []) throws(CNIError) -> [AllocatedAddress] {
         try store.locked { () throws(CNIError) -> [AllocatedAddress] in
-            let existing = try store.allocations().filter { $0.owner?.attachment == owner.attachment }.map(\.address)
+            // Read once: under the lock only this call changes the store, and it keeps what it
+            // reserves in `done`.
+            let held = try store.allocations()
+            let taken = Set(held.map(\.address))
+            let existing = held.filter { $0.owner?.attachment == owner.attachment }.map(\.address)
             var placed: [Int: IPAddress] = [:]
             for a in requested {
                 guard let i = rangeSets.firstIndex(where: { $0.range(containing: a) != nil }) else {
@@ -92,7 +96,7 @@ public struct Allocator: Sendable {
                     continue
                 }
                 do throws(CNIError) {
-                    let got = try next(in: set, index: i, store: store, owner: owner)
+                    let got = try next(in: set, index: i, store: store, owner: owner, taken: taken)
                     done.append((i, got))
                 } catch {
                     rollback()
@@ -106,8 +110,7 @@ public struct Allocator: Sendable {
         }
     }
 
-    private func next(in set: RangeSet, index: Int, store: some IPAMStore, owner: AllocationOwner) throws(CNIError) -> IPAddress {
-        let taken = Set(try store.allocations().map(\.address))
+    private func next(in set: RangeSet, index: Int, store: some IPAMStore, owner: AllocationOwner, taken: Set<IPAddress>) throws(CNIError) -> IPAddress {
         // Walk from the address after the last reserved one, wrapping through every range once.
         let last = try store.lastReserved(rangeSet: index)
         var startRange = 0
