@@ -74,7 +74,7 @@ struct ServiceProxy: Sendable {
                 if let was = lastEntries { clearStale(ServiceRules.staleConntrack(from: was, to: entries)) }
                 lastEntries = entries
                 metrics.reconciled("services", took: ContinuousClock.now - started, failed: false)
-                metrics.nftables(table: ServiceRules.table, rules: model.ruleCount, elements: model.elementCount)
+                metrics.nftables(table: ServiceRules.frontTable, rules: model.ruleCount, elements: model.elementCount)
                 switch outcome {
                 case .unchanged: break
                 case .updated: logger.info("services updated", metadata: meta)

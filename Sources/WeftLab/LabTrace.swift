@@ -124,7 +124,7 @@ public struct LabTrace {
             if s.internalLocal { candidates = candidates.filter { $0.0.nodeName == srcNodeName } }
             let key = "\(target) . \(proto.lowercased()) . \(sp.port)"
             let element = nft(ns: srcNodeNS, "get element inet \(ServiceRules.table(for: s)) \(family == .v4 ? "service-ips" : "service-ips6") { \(key) }")
-            let noEndpoint = nft(ns: srcNodeNS, "get element inet \(ServiceRules.table) \(family == .v4 ? "no-endpoint-services" : "no-endpoint-services6") { \(key) }")
+            let noEndpoint = nft(ns: srcNodeNS, "get element inet \(ServiceRules.frontTable) \(family == .v4 ? "no-endpoint-services" : "no-endpoint-services6") { \(key) }")
             let listed = candidates.map { "\($0.0.pod.isEmpty ? "" : $0.0.pod + " ")\($0.0.address):\($0.1)" }.joined(separator: ", ")
             r.hops.append(Hop(what: "service \(s.namespace)/\(s.name) \(target):\(sp.port)/\(proto) on \(srcNodeName) (DNAT in inet \(ServiceRules.table(for: s)))",
                               desired: candidates.isEmpty ? "no endpoint takes traffic: rejected" : "picks one of \(candidates.count) endpoint(s) at random\(s.affinityTimeout != nil ? " (ClientIP affinity)" : ""): \(listed)",

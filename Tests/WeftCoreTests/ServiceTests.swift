@@ -122,7 +122,7 @@ struct ServiceTests {
         #expect(dbGone.cleanup.contains(.init(table: ServiceRules.table(for: db), op: .deleteChain("svc-default/db/tcp/5432"))))
         // The last endpoint goes: the VIP moves from the service map to the reject map.
         let goneChange = try #require(ServiceRules.changes(from: model(one), to: model([dbPod])))
-        #expect(Set((goneChange.update + goneChange.cleanup).map(\.table)) == [t, ServiceRules.table], "its shard and the front table only")
+        #expect(Set((goneChange.update + goneChange.cleanup).map(\.table)) == [t, ServiceRules.frontTable], "its shard and the front table only")
         let (gone, _) = goneChange.text()
         #expect(gone.contains("delete element inet \(t) service-ips { 10.96.0.20 . tcp . 80 }"))
         #expect(gone.contains("add element inet weft-services no-endpoint-services { 10.96.0.20 . tcp . 80 : goto reject-chain }"))

@@ -105,7 +105,7 @@ import WeftOS
         // Every kind of operation and rule went through netlink at least once.
         #expect(seenOps == ["addSet", "addChain", "flushChain", "addRule", "addElements", "deleteElements", "deleteChain", "deleteSet"])
         #expect(seenRules == ["masqueradeFrom", "rememberClient", "rememberedClient", "dnat", "pickRandom", "jump", "goto", "gotoIfFamily"])
-        #expect(seenTables.contains(ServiceRules.table) && seenTables.count > 2, "the front table and several shards changed: \(seenTables)")
+        #expect(seenTables.contains(ServiceRules.frontTable) && seenTables.count > 2, "the front table and several shards changed: \(seenTables)")
     }
 
     @Test func aRefusedBatchChangesNothingAndSaysWhy() throws {
@@ -121,7 +121,7 @@ import WeftOS
         let bad: [ServiceRules.TableOp] = [
             .init(table: shard, op: .addChain("new-chain")),
             .init(table: shard, op: .addElements(map: "service-ips", [.address(IPAddress("10.96.0.99")!, proto: "TCP", port: 80): .goto("new-chain")])),
-            .init(table: ServiceRules.table, op: .addElements(map: "no-endpoint-services", [.address(IPAddress("10.96.0.98")!, proto: "TCP", port: 80): .goto("reject-chain")])),
+            .init(table: ServiceRules.frontTable, op: .addElements(map: "no-endpoint-services", [.address(IPAddress("10.96.0.98")!, proto: "TCP", port: 80): .goto("reject-chain")])),
             .init(table: shard, op: .addRule(chain: "no-such-chain", .jump("new-chain"))),
         ]
         let error = try #require(throws: NFTablesError.self) {

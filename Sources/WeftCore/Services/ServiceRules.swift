@@ -31,11 +31,11 @@ import Synchronization
 /// Pure: the agent writes the table in the node.
 public enum ServiceRules {
     /// The front table (see above); the services' own chains are in `shardTable(_:)`s.
-    public static let table = "weft-services"
+    public static let frontTable = "weft-services"
     public static let shardCount = 32
     public static func shardTable(_ i: Int) -> String { "weft-services-\(i)" }
     /// Every table the services dataplane writes.
-    public static var tables: [String] { [table] + (0..<shardCount).map(shardTable) }
+    public static var tables: [String] { [frontTable] + (0..<shardCount).map(shardTable) }
     /// The table holding a service's chains and its elements of `service-ips(6)` and `service-nodeports`.
     public static func table(for service: ClusterService) -> String { table(forKey: "\(service.namespace)/\(service.name)") }
     static func table(forKey key: String) -> String { shardTable(Int(fnv1a64(key) % UInt64(shardCount))) }
@@ -486,7 +486,7 @@ public enum ServiceRules {
 
     static func placed(_ op: Op, _ shard: String) -> TableOp {
         switch op {
-        case .addElements(let map, _), .deleteElements(let map, _): return TableOp(table: inFront(map) ? table : shard, op: op)
+        case .addElements(let map, _), .deleteElements(let map, _): return TableOp(table: inFront(map) ? frontTable : shard, op: op)
         default: return TableOp(table: shard, op: op)
         }
     }
@@ -529,8 +529,8 @@ public enum ServiceRules {
     /// - replacing: the namespace's `inet` tables; shards of another layout among them (an agent
     ///   of another version ran here) are deleted in the same transaction.
     public static func fullScript(_ m: Model, replacing existing: [String] = []) -> String {
-        let t = "inet \(table)"
-        var s = existing.filter { $0.hasPrefix(table + "-") && !tables.contains($0) }.sorted().map { "delete table inet \($0)\n" }.joined()
+        let t = "inet \(frontTable)"
+        var s = existing.filter { $0.hasPrefix(frontTable + "-") && !tables.contains($0) }.sorted().map { "delete table inet \($0)\n" }.joined()
         s += """
         add table \(t)
         delete table \(t)
