@@ -51,13 +51,7 @@ public final class ConntrackEvents: @unchecked Sendable {
         if setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, socklen_t(MemoryLayout<Int32>.size)) != 0 {
             _ = setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
         }
-        for var group in groups {
-            guard setsockopt(fd, Int32(SOL_NETLINK), NETLINK_ADD_MEMBERSHIP, &group, socklen_t(MemoryLayout<Int32>.size)) == 0 else {
-                let e = Glibc.errno
-                let why = e == EPERM ? ": needs CAP_NET_ADMIN in this network namespace" : ""
-                throw NetlinkError(operation: "join conntrack event group \(group)\(why)", errno: e)
-            }
-        }
+        for group in groups { try socket.join(group: group, "conntrack event group \(group)") }
         receiver = MulticastReceiver(socket, what: "conntrack events")
     }
 
