@@ -74,7 +74,7 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "bench/cni"),
         .executableTarget(name: "weft-bench-cluster", dependencies: ["WeftCore", "WeftOS", "WeftLab", "WeftDatastore", .product(name: "ArgumentParser", package: "swift-argument-parser")], path: "bench/cluster"),
-        .executableTarget(name: "weft-bench-services", dependencies: ["WeftCore", "WeftOS"], path: "bench/services"),
+        .executableTarget(name: "weft-bench-services", dependencies: ["WeftCore", "WeftOS", "WeftAgent", "WeftDatastore"], path: "bench/services"),
         .testTarget(name: "WeftCoreTests", dependencies: ["WeftCore", "WeftOSFakes"]),
         .testTarget(name: "WeftAgentTests", dependencies: ["WeftAgent", "WeftCore", "WeftOSFakes", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "WeftCNITests", dependencies: ["WeftCNI", "WeftCore", "WeftOSFakes"]),

@@ -19,8 +19,10 @@ struct DelCommand {
                 // of a deletion's time) is left to a helper process.
                 let host = try kernel("open netlink on the node") { try node.hostNetwork() }
                 let hostName = hostVethName(containerID: env.containerID, ifname: env.ifname)
-                try kernel("delete \(env.ifname) in the pod") {
-                    try pod.deleteLinkReturningWhenGone(index: link.index, peer: (host, hostName))
+                do { try pod.deleteLinkReturningWhenGone(index: link.index, peer: (host, hostName)) } catch where error.isNotFound {
+                    // Deleted meanwhile by someone else (a DEL repeated at once): gone, as asked.
+                } catch {
+                    throw .kernel("delete \(env.ifname) in the pod: \(error)")
                 }
                 removedPair = true
             } else {

@@ -94,8 +94,9 @@ public enum JSONValue: Sendable, Hashable {
     }
 
     /// Parses one JSON text (RFC 8259: no comments, no trailing commas, UTF-8). Objects keep
-    /// their members in document order; a repeated key keeps its first place and its last value,
-    /// as Go's decoder lets the last one win.
+    /// their members in document order; a key repeated exactly keeps its first place and its
+    /// last value, as Go's decoder does. (Go also lets `"IPAM"` override an earlier `"ipam"`
+    /// when it fills a struct; `subscript` prefers the exact spelling instead.)
     ///
     /// Written here rather than through `JSONDecoder`: decoding a `JSONValue` there instantiates
     /// generic metadata at run time and scans every protocol conformance in the binary, about a
@@ -181,6 +182,9 @@ private struct Parser {
 
     init(bytes: UnsafeBufferPointer<UInt8>) { self.bytes = bytes }
 
+    /// Input quoted in a message, cut short: a document may be megabytes.
+    static func clipped(_ s: String) -> String { s.count <= 40 ? s : s.prefix(40) + "…" }
+
     /// Where `at` is, as a person counts it.
     func failure(_ what: String) -> JSONValue.ParseError {
         var line = 1, column = 1
@@ -239,7 +243,7 @@ private struct Parser {
             guard at < bytes.count, bytes[at] == UInt8(ascii: "\"") else { throw failure("unexpected \(describeNext()), expected a member name in quotes") }
             let key = try string()
             skipSpace()
-            guard at < bytes.count, bytes[at] == UInt8(ascii: ":") else { throw failure("unexpected \(describeNext()), expected ':' after member name \"\(key)\"") }
+            guard at < bytes.count, bytes[at] == UInt8(ascii: ":") else { throw failure("unexpected \(describeNext()), expected ':' after member name \"\(Parser.clipped(key))\"") }
             at += 1
             skipSpace()
             let v = try value(depth: depth)
@@ -274,17 +278,18 @@ private struct Parser {
         at += 1
         let start = at
         // The common case, no escapes: one validated copy of the bytes.
-        while at < bytes.count, bytes[at] != UInt8(ascii: "\""), bytes[at] != UInt8(ascii: "\\"), bytes[at] >= 0x20 { at += 1 }
+        try plainRun()
         if at < bytes.count, bytes[at] == UInt8(ascii: "\"") {
             defer { at += 1 }
-            return try utf8(start..<at)
+            return String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<at]), as: UTF8.self)
         }
-        var scalars = String.UnicodeScalarView()
-        scalars.append(contentsOf: try utf8(start..<at).unicodeScalars)
+        // With escapes: the decoded bytes collected, then made a String once (appending to a
+        // growing String piece by piece costs what it already holds each time).
+        var out = Array(bytes[start..<at])
         while true {
             guard at < bytes.count else { throw failure("unexpected end of input inside a string") }
             let b = bytes[at]
-            if b == UInt8(ascii: "\"") { at += 1; return String(scalars) }
+            if b == UInt8(ascii: "\"") { at += 1; return String(decoding: out, as: UTF8.self) }
             if b < 0x20 { throw failure("unexpected \(describeNext()) inside a string (control characters must be escaped)") }
             if b == UInt8(ascii: "\\") {
                 at += 1
@@ -292,15 +297,13 @@ private struct Parser {
                 let e = bytes[at]
                 at += 1
                 switch e {
-                case UInt8(ascii: "\""): scalars.append("\"")
-                case UInt8(ascii: "\\"): scalars.append("\\")
-                case UInt8(ascii: "/"): scalars.append("/")
-                case UInt8(ascii: "b"): scalars.append("\u{08}")
-                case UInt8(ascii: "f"): scalars.append("\u{0C}")
-                case UInt8(ascii: "n"): scalars.append("\n")
-                case UInt8(ascii: "r"): scalars.append("\r")
-                case UInt8(ascii: "t"): scalars.append("\t")
-                case UInt8(ascii: "u"): scalars.append(try escapedScalar())
+                case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"): out.append(e)
+                case UInt8(ascii: "b"): out.append(0x08)
+                case UInt8(ascii: "f"): out.append(0x0C)
+                case UInt8(ascii: "n"): out.append(0x0A)
+                case UInt8(ascii: "r"): out.append(0x0D)
+                case UInt8(ascii: "t"): out.append(0x09)
+                case UInt8(ascii: "u"): out.append(contentsOf: UTF8.encode(try escapedScalar())!)
                 default:
                     at -= 1
                     throw failure("unknown escape \\\(describeNext()) inside a string (known: \\\" \\\\ \\/ \\b \\f \\n \\r \\t \\uXXXX)")
@@ -308,8 +311,24 @@ private struct Parser {
                 continue
             }
             let runStart = at
-            while at < bytes.count, bytes[at] != UInt8(ascii: "\""), bytes[at] != UInt8(ascii: "\\"), bytes[at] >= 0x20 { at += 1 }
-            scalars.append(contentsOf: try utf8(runStart..<at).unicodeScalars)
+            try plainRun()
+            out.append(contentsOf: bytes[runStart..<at])
+        }
+    }
+
+    /// Moves past bytes up to a quote, a backslash or a control character, checking they are
+    /// UTF-8; an error points at the first byte that is not.
+    mutating func plainRun() throws(JSONValue.ParseError) {
+        while at < bytes.count {
+            let b = bytes[at]
+            if b == UInt8(ascii: "\"") || b == UInt8(ascii: "\\") || b < 0x20 { return }
+            if b < 0x80 { at += 1; continue }
+            var parser = Unicode.UTF8.ForwardParser()
+            var rest = bytes[at...].makeIterator()
+            switch parser.parseScalar(from: &rest) {
+            case .valid(let scalar): at += scalar.count
+            case .error, .emptyInput: throw failure("invalid UTF-8 (byte 0x\(String(b, radix: 16))) inside a string")
+            }
         }
     }
 
@@ -348,15 +367,6 @@ private struct Parser {
         }
     }
 
-    func utf8(_ range: Range<Int>) throws(JSONValue.ParseError) -> String {
-        guard let s = String(validating: UnsafeBufferPointer(rebasing: bytes[range]), as: UTF8.self) else {
-            var probe = self
-            probe.at = range.lowerBound
-            throw probe.failure("invalid UTF-8 inside a string")
-        }
-        return s
-    }
-
     /// -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?, read as a Double (as Go reads into `any`).
     mutating func number() throws(JSONValue.ParseError) -> Double {
         let start = at
@@ -387,7 +397,7 @@ private struct Parser {
         guard let d = Double(text), d.isFinite else {
             var probe = self
             probe.at = start
-            throw probe.failure("number \(text) is out of range")
+            throw probe.failure("number \(Parser.clipped(text)) is out of range")
         }
         return d
     }

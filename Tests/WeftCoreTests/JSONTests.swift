@@ -127,6 +127,7 @@ import WeftCore
         ("01", "after the document at line 1, column 2"),
         ("1e999", "number 1e999 is out of range"),
         (String(repeating: "[", count: 100_000), "nesting deeper than 512 levels"),
+        ("1" + String(repeating: "0", count: 400), "is out of range"),
     ])
     func errorsSayWhatAndWhere(text: String, message: String) {
         let e = #expect(throws: JSONValue.ParseError.self) { try JSONValue.parse(text) }
@@ -210,8 +211,23 @@ import WeftCore
         #expect(e.map { !$0.description.isEmpty } == true)
     }
 
-    @Test func invalidUTF8Throws() {
+    @Test func invalidUTF8Throws() throws {
         #expect(throws: JSONValue.ParseError.self) { try JSONValue.parse([0x22, 0xff, 0xfe, 0x22]) }
+        // The error points at the bad byte, after an escape too; overlong and surrogate forms fail.
+        let e = #expect(throws: JSONValue.ParseError.self) { try JSONValue.parse(Array(#"["ab\ncd"#.utf8) + [0xC3, 0x28, 0x22, 0x5D]) }
+        #expect(e?.description == "invalid UTF-8 (byte 0xc3) inside a string at line 1, column 9", "\(String(describing: e))")
+        for bad: [UInt8] in [[0xC0, 0xAF], [0xED, 0xA0, 0x80], [0xF4, 0x90, 0x80, 0x80], [0xE2, 0x82]] {
+            #expect(throws: JSONValue.ParseError.self) { try JSONValue.parse([0x22] + bad + [0x22]) }
+        }
+        #expect(try JSONValue.parse([0x22, 0xE2, 0x82, 0xAC, 0x5C, 0x6E, 0xF0, 0x9F, 0x98, 0x80, 0x22]) == .string("€\n😀"))
+    }
+
+    /// A long string mixing plain runs and escapes decodes whole.
+    @Test func longEscapedStringsDecodeWhole() throws {
+        let piece = "abcdefgh\\n"
+        let text = "\"" + String(repeating: piece, count: 200_000) + "\""
+        let v = try JSONValue.parse(text)
+        #expect(v.stringValue == String(repeating: "abcdefgh\n", count: 200_000))
     }
 
     @Test func pathDescription() {

@@ -51,6 +51,12 @@ let ns = "wbs\(getpid())"
 guard Subprocess.runOK(["/usr/sbin/ip", "netns", "add", ns]) else { fatalError("ip netns add \(ns) failed (root needed)") }
 defer { _ = Subprocess.runOK(["/usr/sbin/ip", "netns", "del", ns]) }
 let netns = try NetworkNamespace(path: "/run/netns/\(ns)")
+if CommandLine.arguments.dropFirst().first == "agent-pass" {
+    say("weft-bench-services agent-pass — \(Date()) — \(ProcessInfo.processInfo.activeProcessorCount) CPUs, SQLite datastore")
+    try await agentPass(sizes: sizes, netns: netns)
+    _ = Subprocess.runOK(["/usr/sbin/ip", "netns", "del", ns])
+    exit(0)
+}
 let clock = ContinuousClock()
 
 say("weft-bench-services — \(Date()) — \(ProcessInfo.processInfo.activeProcessorCount) CPUs")

@@ -27,7 +27,7 @@ int weft_is_nsfs(int fd);
 // Sends msg on socket fd from a detached grandchild process (its own session, stdio on
 // /dev/null, every other descriptor closed) and returns once that process exists, without
 // waiting for the send. hangup_fd (a pipe's write end) is kept open in the grandchild only
-// for as long as it lives, so the pipe's read end reports when the send has returned.
-// Returns 0, or -errno when no process could be made.
+// for as long as it lives, so the pipe's read end reports when the send has returned (or at
+// once, when the grandchild could not be made). Returns 0, or -errno when fork failed.
 int weft_send_detached(int fd, const void *msg, size_t len, int hangup_fd);
 #endif

@@ -24,14 +24,14 @@ extension Rtnetlink {
 
         // Subscribed before the request goes out, so its announcements cannot be missed.
         let group = Int32(RTNLGRP_LINK.rawValue)
-        try socket.join(group: group, "link announcements (RTNLGRP_LINK)")
-        defer { socket.leave(group: group) }
-        if let peerSocket {
-            do throws(NetlinkError) { try peerSocket.join(group: group, "link announcements (RTNLGRP_LINK)") } catch {
-                return try deleteLink(index: index)
-            }
+        do throws(NetlinkError) {
+            try socket.join(group: group, "link announcements (RTNLGRP_LINK)")
+            try peerSocket?.join(group: group, "link announcements (RTNLGRP_LINK)")
+        } catch {
+            socket.leave(group: group)
+            return try deleteLink(index: index)
         }
-        defer { peerSocket?.leave(group: group) }
+        defer { socket.leave(group: group); peerSocket?.leave(group: group) }
 
         var hangup: [Int32] = [-1, -1]
         guard weft_pipe2_cloexec(&hangup) == 0 else { return try deleteLink(index: index) }
@@ -44,25 +44,27 @@ extension Rtnetlink {
         var gone = false
         var peerGone = peer == nil
         var helperDone = false
+        var answer: Result<Void, NetlinkError>?
         while true {
             // The kernel's answer (an error, or the ACK once everything is done) or the announcement.
             for m in try socket.pending() {
-                if m.type == UInt16(NLMSG_ERROR), m.seq == seq {
-                    if let failure = socket.error(in: m, operation) { throw failure }
-                    return
-                }
+                if m.type == UInt16(NLMSG_ERROR), m.seq == seq { answer = socket.error(in: m, operation).map { .failure($0) } ?? .success(()) }
                 if Rtnetlink.announcesRemoval(m, index: index) { gone = true }
+            }
+            if let answer {
+                // Gone all the same when another deleter beat the helper to it.
+                if case .failure(let failure) = answer, !(failure.isNotFound && gone) { throw failure }
+                return
             }
             if let peerSocket, let peer {
                 for m in try peerSocket.pending() where Rtnetlink.announcesRemoval(m, name: peer.name) { peerGone = true }
             }
             if gone && peerGone { return }
             if helperDone {
-                // Its request was answered before it exited, so the answer is queued by now,
-                // unless the socket overran and lost it: then the link itself tells.
-                guard try link(index: index) == nil else {
-                    throw NetlinkError(operation: operation, errno: EIO, kernelMessage: "the helper process that sent the request ended, no answer reached us, and the link is still there")
-                }
+                // A request it sent was answered before it exited, so the answer is queued by
+                // now, unless the socket overran and lost it: then the link itself tells. Still
+                // there: the helper never sent (not made, or killed first); delete it here.
+                guard try link(index: index) == nil else { return try deleteLink(index: index) }
                 return
             }
             var fds = [pollfd(fd: socket.fd, events: Int16(POLLIN), revents: 0),
