@@ -158,4 +158,38 @@ struct ServiceTests {
         _ = n.update(with: [entry(b), entry(c)])
         #expect(holder(n) == holder(ServiceRules.model([entry(b), entry(c)])))
     }
+
+    /// A reader that knows what changed updates the model with those entries only; the model
+    /// and the change it returns are what the whole list would give, contested keys included.
+    @Test func updatingWithTheChangeAloneEqualsUpdatingWithEverything() throws {
+        func svc(_ name: String, _ vip: String, external: Bool) throws -> ClusterService {
+            let ext = external ? #","externalIPs":["192.0.2.7"]"# : ""
+            var s = try Self.service(#"{"selector":{"app":"web"}\#(ext),"ports":[{"port":80,"targetPort":8080,"protocol":"UDP"}]}"#, name: name)
+            s.clusterIPs = [ip(vip)]
+            return s
+        }
+        func entry(_ s: ClusterService, _ podIPs: [String]) throws -> ServiceRules.Entry {
+            .init(service: s, endpoints: s.endpoints(from: try podIPs.enumerated().map { try Self.pod("p\($0.offset)", ip: $0.element) }))
+        }
+        var current: [String: ServiceRules.Entry] = [:]
+        for i in 0..<6 { current["default/s\(i)"] = try entry(try svc("s\(i)", "10.96.0.\(10 + i)", external: i < 3), ["10.244.0.\(i + 2)"]) }
+        var whole = ServiceRules.model(Array(current.values)), delta = whole
+        // Each step: the entries changed and the services removed.
+        let steps: [([ServiceRules.Entry], Set<String>)] = [
+            ([try entry(try svc("s4", "10.96.0.14", external: false), ["10.244.0.40", "10.244.0.41"])], []),   // endpoints move
+            ([], ["default/s0"]),                                                                             // the external address's holder goes
+            ([try entry(try svc("s6", "10.96.0.16", external: true), ["10.244.0.60"])], ["default/s1"]),         // one comes, another goes
+            ([try entry(try svc("s2", "10.96.0.12", external: false), ["10.244.0.2"])], []),                    // the holder gives it up
+            ([try entry(try svc("s5", "10.96.0.15", external: false), ["10.244.0.5"])], []),                    // unchanged: nothing to do
+        ]
+        for (n, (changed, removed)) in steps.enumerated() {
+            for e in changed { current[e.key] = e }
+            for k in removed { current[k] = nil }
+            let a = whole.update(with: Array(current.values)), b = delta.update(changed: changed, removed: removed)
+            #expect(a?.update.map(\.text) == b?.update.map(\.text) && a?.cleanup.map(\.text) == b?.cleanup.map(\.text), "step \(n)")
+            #expect(ServiceRules.fullScript(whole) == ServiceRules.fullScript(delta), "step \(n)")
+            #expect(ServiceRules.fullScript(delta) == ServiceRules.fullScript(ServiceRules.model(Array(current.values))), "step \(n): as a fresh model")
+        }
+        #expect(delta.update(changed: [], removed: ["default/nobody"]) == nil)
+    }
 }

@@ -58,7 +58,7 @@ public enum ServiceRules {
             key = "\(service.namespace)/\(service.name)"
         }
         /// "namespace/name", made once (the model looks every entry up by it on every pass).
-        let key: String
+        public let key: String
         /// The same as `other`: by source when both have one, else field by field.
         func same(as other: Entry) -> Bool {
             if let a = source, let b = other.source { return a == b }
@@ -199,28 +199,32 @@ public enum ServiceRules {
         /// pass over 10,000 unchanged services copies none of them.
         public mutating func update(with entries: [Entry]) -> Change? {
             let before = rebuild(with: entries)
+            return change(since: before)
+        }
+
+        /// The same for a reader that knows what changed: `changed` entries (new or different)
+        /// and `removed` services ("namespace/name"); every other service stays as it is, and
+        /// none of them is looked at, so the cost follows the change, not the table.
+        public mutating func update(changed: [Entry], removed: Set<String>) -> Change? {
+            var byKey: [String: Entry] = [:]
+            for e in changed { byKey[e.key] = e }
+            let gone = removed.filter { byKey[$0] == nil && services[$0] != nil }
+            let todo = byKey.values.filter { e in !(services[e.key].map { $0.entry.same(as: e) } ?? false) }.map(\.key)
+            let before = rebuild(gone: gone, todo: todo) { k, built in byKey[k] ?? built[k]?.entry }
+            return change(since: before)
+        }
+
+        private func change(since before: [String: Built]) -> Change? {
             let keys = changedKeys.sorted()
             return ServiceRules.changes(from: keys.compactMap { before[$0] }, to: keys.compactMap { services[$0] })
         }
 
         /// `update(with:)` without working out the change; returns the builds it replaced or removed.
         private mutating func rebuild(with entries: [Entry]) -> [String: Built] {
-            parent = generation
-            generation = ServiceRules.revisions.add(1, ordering: .relaxed).newValue
-            var before: [String: Built] = [:], changed: Set<String> = []
             // Entry by key (positions, not copies: an entry is large); the last of a key wins.
             var byKey: [String: Int] = [:]
             byKey.reserveCapacity(entries.count)
             for (i, e) in entries.enumerated() { byKey[e.key] = i }
-            // Services gone first, so what they held is free for the others in this same pass.
-            var freed: Set<String> = []
-            for k in services.keys.filter({ byKey[$0] == nil }) {
-                let b = services.removeValue(forKey: k)!
-                sources[k] = nil
-                freed.formUnion(release(k, b.fragment))
-                before[k] = b
-                changed.insert(k)
-            }
             var todo: [String] = []
             for (k, i) in byKey {
                 let e = entries[i]
@@ -232,14 +236,33 @@ public enum ServiceRules {
                 }
                 todo.append(k)
             }
+            return rebuild(gone: services.keys.filter { byKey[$0] == nil }, todo: todo) { k, _ in byKey[k].map { entries[$0] } }
+        }
+
+        /// Removes `gone`, rebuilds `todo` from `entry(key, builds)` (nil: the service is not
+        /// there), and then the services waiting for a map key one of them freed.
+        private mutating func rebuild(gone: some Sequence<String>, todo initial: [String], entry: (String, [String: Built]) -> Entry?) -> [String: Built] {
+            parent = generation
+            generation = ServiceRules.revisions.add(1, ordering: .relaxed).newValue
+            var before: [String: Built] = [:], changed: Set<String> = []
+            // Services gone first, so what they held is free for the others in this same pass.
+            var freed: Set<String> = []
+            for k in gone {
+                guard let b = services.removeValue(forKey: k) else { continue }
+                sources[k] = nil
+                freed.formUnion(release(k, b.fragment))
+                before[k] = b
+                changed.insert(k)
+            }
+            var todo = initial
             // Rebuild; a service refused a key another held is rebuilt when that key is freed.
             while true {
                 // Only keys nobody took again: a rebuilt service gives up and retakes its own.
-                todo += freed.filter { claims[$0] == nil }.flatMap { waiting.removeValue(forKey: $0) ?? [] }.filter { byKey[$0] != nil }
+                todo += freed.filter { claims[$0] == nil }.flatMap { waiting.removeValue(forKey: $0) ?? [] }
                 freed = []
                 guard !todo.isEmpty else { break }
                 for k in Set(todo).sorted() {
-                    let e = entries[byKey[k]!]
+                    guard let e = entry(k, services) else { continue }
                     changed.insert(k)
                     sources[k] = e.source
                     if let b = services.removeValue(forKey: k) {
