@@ -3,13 +3,19 @@ import WeftCore
 
 /// Wakes `wake` once after listing `prefix` and then on every event under it, relisting after
 /// a broken watch (compaction, datastore restart). For level-based loops that recompute from a
-/// fresh list on each wake-up: bursts coalesce in a `bufferingNewest(1)` stream.
-func wakeOnChanges(_ store: any Datastore, prefix: String, logger: Logger, metrics: AgentMetrics? = nil, wake: AsyncStream<Void>.Continuation) async throws {
+/// fresh list on each wake-up: bursts coalesce in a `bufferingNewest(1)` stream. A loop that
+/// keeps its own copy instead (`ServiceSource`) is handed each list and event before the wake.
+func wakeOnChanges(_ store: any Datastore, prefix: String, logger: Logger, metrics: AgentMetrics? = nil, wake: AsyncStream<Void>.Continuation,
+                   listed: @Sendable ([KeyValue]) -> Void = { _ in }, event: @Sendable (WatchEvent) -> Void = { _ in }) async throws {
     while !Task.isCancelled {
         do {
-            let (_, rev) = try await store.list(prefix: prefix)
+            let (items, rev) = try await store.list(prefix: prefix)
+            listed(items)
             wake.yield()
-            for try await _ in store.watch(prefix: prefix, afterRevision: rev) { wake.yield() }
+            for try await e in store.watch(prefix: prefix, afterRevision: rev) {
+                event(e)
+                wake.yield()
+            }
         } catch is CancellationError { return } catch {
             metrics?.watchRestarted(prefix)
             logger.warning("watch interrupted; relisting", metadata: ["prefix": "\(prefix)", "error": "\(error)"])
@@ -20,12 +26,17 @@ func wakeOnChanges(_ store: any Datastore, prefix: String, logger: Logger, metri
 
 /// The wake-ups of a level-based loop, as child tasks of `group`: a watch per prefix (see
 /// `wakeOnChanges`) and a tick every `resyncSeconds`. The loop reads the returned stream and
-/// recomputes everything on each element.
+/// recomputes everything on each element, or keeps a copy from what `listed` and `event` are
+/// handed.
 func changes(of store: any Datastore, prefixes: [String], resyncSeconds: Double, logger: Logger, metrics: AgentMetrics?,
-             in group: inout ThrowingTaskGroup<Void, Error>) -> AsyncStream<Void> {
+             in group: inout ThrowingTaskGroup<Void, Error>,
+             listed: @escaping @Sendable (String, [KeyValue]) -> Void = { _, _ in }, event: @escaping @Sendable (WatchEvent) -> Void = { _ in }) -> AsyncStream<Void> {
     let (changes, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
     for prefix in prefixes {
-        group.addTask { try await wakeOnChanges(store, prefix: prefix, logger: logger, metrics: metrics, wake: wake) }
+        group.addTask {
+            try await wakeOnChanges(store, prefix: prefix, logger: logger, metrics: metrics, wake: wake,
+                                    listed: { listed(prefix, $0) }, event: event)
+        }
     }
     group.addTask {
         while !Task.isCancelled {

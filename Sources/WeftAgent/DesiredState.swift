@@ -3,52 +3,44 @@ import WeftCore
 /// What the agent's loops read from the datastore to compute a node's tables, in one place so
 /// `weft doctor` computes exactly what the agent would write.
 public enum DesiredState {
-    /// Services with the endpoints their slices give; `skipped` is told of services weft cannot read.
-    /// Each entry's `source` is the datastore revisions it was made from, and with a `cache`
-    /// (kept between passes) an unchanged service's entry is reused, not parsed and built again.
-    public static func serviceEntries(_ store: any Datastore, cache: ServiceCache? = nil,
-                                      skipped: (KubeObject) -> Void = { _ in }) async throws -> [ServiceRules.Entry] {
+    /// Services with the endpoints their slices give; `skipped` is told of services weft cannot
+    /// read. Each entry's `source` is the datastore revisions it was made from. A fresh read for
+    /// one-off callers (`weft doctor`, `trace`); the agent keeps a `ServiceSource` instead.
+    public static func serviceEntries(_ store: any Datastore, skipped: (KubeObject) -> Void = { _ in }) async throws -> [ServiceRules.Entry] {
         let services = try await store.list(prefix: Keys.services).items
         // Slices by the service they name: one pass, not one per service.
-        var slices: [String: [(revision: Int64, key: String, object: KubeObject)]] = [:]
+        var slices: [String: [ServiceSlice]] = [:]
         for kv in try await store.list(prefix: Keys.endpointSlices).items {
-            // Keys are PREFIX/NAMESPACE/NAME; the service a slice belongs to is in its labels.
-            guard let o = cache?.slices[kv.key].flatMap({ $0.revision == kv.modRevision ? $0.object : nil }) ?? (try? KubeObject(bytes: kv.value)) else { continue }
-            cache?.seenSlices[kv.key] = (kv.modRevision, o)
-            guard let name = o.labels[EndpointSlices.serviceNameLabel] else { continue }
-            slices["\(o.namespace ?? "default")/\(name)", default: []].append((kv.modRevision, kv.key, o))
+            guard let slice = ServiceSlice(kv) else { continue }
+            slices[slice.service, default: []].append(slice)
         }
-        var entries: [ServiceRules.Entry] = []
-        var seen: [String: (source: String, entry: ServiceRules.Entry)] = [:]
-        for kv in services {
-            let mine = (slices[String(kv.key.dropFirst(Keys.services.count))] ?? []).sorted { $0.key < $1.key }
-            let source = "\(kv.modRevision)" + mine.map { " \($0.revision)" }.joined()
-            if let hit = cache?.entries[kv.key], hit.source == source {
-                entries.append(hit.entry)
-                seen[kv.key] = hit
-                continue
-            }
-            guard let o = try? KubeObject(bytes: kv.value) else { continue }
-            guard let s = try? ClusterService(o) else { skipped(o); continue }
-            let entry = ServiceRules.Entry(service: s, endpoints: EndpointSlices.endpoints(for: s, in: mine.map(\.object)), source: source)
-            entries.append(entry)
-            seen[kv.key] = (source, entry)
+        return services.compactMap { kv in
+            serviceEntry(kv, slices: slices[String(kv.key.dropFirst(Keys.services.count))] ?? [], skipped: skipped)
         }
-        if let cache {
-            cache.entries = seen
-            cache.slices = cache.seenSlices
-            cache.seenSlices = [:]
-        }
-        return entries
     }
 
-    /// Entries and parsed slices by datastore key and revision, kept between passes by the
-    /// service proxy: at 10,000 services, parsing every object again is most of a pass.
-    public final class ServiceCache: @unchecked Sendable {
-        var entries: [String: (source: String, entry: ServiceRules.Entry)] = [:]
-        var slices: [String: (revision: Int64, object: KubeObject)] = [:]
-        var seenSlices: [String: (revision: Int64, object: KubeObject)] = [:]
-        public init() {}
+    /// An EndpointSlice as the services read it: parsed once, with the service it names.
+    struct ServiceSlice {
+        let key: String
+        let revision: Int64
+        let object: KubeObject
+        /// "namespace/name" of the service (its `kubernetes.io/service-name` label).
+        let service: String
+
+        init?(_ kv: KeyValue) {
+            guard let o = try? KubeObject(bytes: kv.value), let name = o.labels[EndpointSlices.serviceNameLabel] else { return nil }
+            key = kv.key; revision = kv.modRevision; object = o; service = "\(o.namespace ?? "default")/\(name)"
+        }
+    }
+
+    /// One service's entry from its datastore record and its slices; nil (and `skipped` told,
+    /// when it parsed as an object) when weft cannot read it.
+    static func serviceEntry(_ kv: KeyValue, slices: [ServiceSlice], skipped: (KubeObject) -> Void) -> ServiceRules.Entry? {
+        guard let o = try? KubeObject(bytes: kv.value) else { return nil }
+        guard let s = try? ClusterService(o) else { skipped(o); return nil }
+        let mine = slices.sorted { $0.key < $1.key }
+        let source = "\(kv.modRevision)" + mine.map { " \($0.revision)" }.joined()
+        return ServiceRules.Entry(service: s, endpoints: EndpointSlices.endpoints(for: s, in: mine.map(\.object)), source: source)
     }
 
     /// Policies, pods (and the node DNS resolvers as kube-dns peers), namespaces' labels, and

@@ -29,52 +29,66 @@ struct ServiceProxy: Sendable {
     var flows: FlowRecorder?
 
     func run() async throws {
+        let source = ServiceSource()
         try await withThrowingTaskGroup(of: Void.self) { group in
-            // Which nodes are live (node leases) decides who announces each load balancer address.
+            // Services and slices are mirrored in `source` from their watches; node leases (who
+            // announces each load balancer address) and the resync tick only wake the loop.
             let wakeUps = changes(of: store, prefixes: [Keys.services, Keys.endpointSlices, Keys.nodeLeases], resyncSeconds: resyncSeconds,
-                                  logger: logger, metrics: metrics, in: &group)
-            group.addTask { try await apply(wakeUps) }
+                                  logger: logger, metrics: metrics, in: &group,
+                                  listed: { source.replace(prefix: $0, with: $1) }, event: { source.apply($0) })
+            group.addTask { try await apply(wakeUps, source: source) }
             try await group.next()
             group.cancelAll()
         }
     }
 
-    private func apply(_ changes: AsyncStream<Void>) async throws {
+    private func apply(_ changes: AsyncStream<Void>, source: ServiceSource) async throws {
         // The whole table through libnftables; changes as netlink batches, which need no cache
         // of the table and so cost what they change (see `NFTablesNetlink`).
         let nft = LibNFTables(), netlink = NFTablesNetlink()
         var table = TableWriter(resyncSeconds: resyncSeconds)
         // Updated in place each pass (a copy per pass would cost what the table holds).
         var model = ServiceRules.Model(node: node)
-        let cache = DesiredState.ServiceCache()
-        var lastEntries: [ServiceRules.Entry]?
+        // For stale conntrack entries: what each service changed since the last successful
+        // write had then (nil: it did not exist); nil before the first write.
+        var writtenBefore: [String: ServiceRules.Entry?]?
         for await _ in changes {
+            guard source.isSynced else { continue }   // not before both prefixes are listed
             let started = ContinuousClock.now
+            let delta = source.take { o in
+                logger.warning("skipping a service the datastore holds but weft cannot read", metadata: ["service": "\(o.namespace ?? "default")/\(o.name)"])
+            }
+            if writtenBefore != nil {
+                for k in delta.changed.map(\.key) + delta.removed where writtenBefore?[k] == nil { writtenBefore?[k] = .some(delta.previous[k]) }
+            }
             do {
-                let entries = try await DesiredState.serviceEntries(store, cache: cache) { o in
-                    logger.warning("skipping a service the datastore holds but weft cannot read", metadata: ["service": "\(o.namespace ?? "default")/\(o.name)"])
-                }
-                dns?.update(ClusterDNS(domain: clusterDomain, entries: entries))
-                flows?.updateServices(entries)
-                await announce(entries)
-                let meta: Logger.Metadata = ["services": "\(entries.count)", "endpoints": "\(entries.reduce(0) { $0 + $1.endpoints.filter(\.ready).count })"]
+                // The rules first: everything else in the pass can wait for them.
                 let outcome = try table.write(update: {
-                    guard let change = model.update(with: entries) else { return false }
+                    guard let change = model.update(changed: delta.changed, removed: delta.removed) else { return false }
                     try netlink.apply(change.ops)
                     return true
                 }, replace: {
-                    // Built afresh from the entries: a resync repairs the model too.
-                    model = ServiceRules.model(entries, node: node)
+                    // Built afresh from every entry: a resync repairs the model too.
+                    model = ServiceRules.model(source.entries, node: node)
                     try nft.run(ServiceRules.fullScript(model, replacing: try nft.tableNames()))
                 }, onIncrementalFailure: { error in
                     logger.warning("incremental services update failed; replacing the table", metadata: ["error": "\(error)"])
                 })
                 // Only once the rules are in: stale UDP entries deleted before would be made
                 // again by the old rules, and a failed write must leave them for the next pass.
-                if let was = lastEntries { clearStale(ServiceRules.staleConntrack(from: was, to: entries)) }
-                lastEntries = entries
+                if let was = writtenBefore {
+                    clearStale(ServiceRules.staleConntrack(from: was.values.compactMap { $0 }, to: was.keys.compactMap { source.entry($0) }))
+                }
+                writtenBefore = [:]
                 metrics.reconciled("services", took: ContinuousClock.now - started, failed: false)
+                let entries = source.entries
+                if !delta.isEmpty || outcome == .replaced {
+                    dns?.update(ClusterDNS(domain: clusterDomain, entries: entries))
+                    flows?.updateServices(entries)
+                }
+                await announce(entries)
                 metrics.nftables(table: ServiceRules.frontTable, rules: model.ruleCount, elements: model.elementCount)
+                let meta: Logger.Metadata = ["services": "\(entries.count)", "changed": "\(delta.changed.count + delta.removed.count)"]
                 switch outcome {
                 case .unchanged: break
                 case .updated: logger.info("services updated", metadata: meta)
