@@ -68,9 +68,9 @@ for n in sizes {
     let render = clock.measure { script = ServiceRules.script(base) }   // model + full script
     let nft = LibNFTables()
     let apply = try clock.measure { try netns.run { () throws(NFTablesError) in try nft.run(script) } }
-    // One endpoint of one service moves, as the agent applies it: the model updated from all
-    // the entries (only the changed service rebuilt), the change found, and written as netlink
-    // batches; and, for comparison, the same kind of change written as nft scripts through
+    // One endpoint of one service moves: the model updated from all the entries (only the
+    // changed service rebuilt; the agent now hands it the change alone, see agent-pass), the
+    // change found, and written as netlink batches; and, for comparison, the same kind of change written as nft scripts through
     // libnftables, as weft did before (3 changes: each costs seconds at 10,000 services).
     let netlink = NFTablesNetlink()
     var changes: [Double] = [], scripted: [Double] = [], computing: [Double] = []
