@@ -19,7 +19,8 @@ import WeftCore
 /// Because transactions are serialized, ids become visible in order: a reader never sees
 /// revision n + 1 without n.
 ///
-/// Watches poll (every `pollInterval` seconds) for rows with an id above the last one seen and
+/// Watches poll (every `pollInterval` seconds, and at once when inotify reports a change to
+/// the database's files: `WALNotifier`) for rows with an id above the last one seen and
 /// a name in the prefix's range (a byte range, so `%` and `_` in keys are plain characters).
 /// A poll first looks at the write-ahead log's size, time and header (`WALStamp`): every commit
 /// appends to the log or restarts it with new salts, so an unchanged stamp means nothing was
@@ -44,6 +45,8 @@ public final class SQLiteDatastore: Datastore, Sendable {
     public let path: String
     public let pollInterval: Double
     private let pool: DatabasePool
+    /// Wakes watches at each commit (nil where inotify is not available: they poll).
+    private let notifier: WALNotifier?
     /// When this instance last checked for expired leases (wall-clock seconds).
     private let lastSweepCheck = Mutex<Double>(0)
 
@@ -61,6 +64,7 @@ public final class SQLiteDatastore: Datastore, Sendable {
     public init(path: String, pollInterval: Double = 0.05) throws {
         self.path = path
         self.pollInterval = max(pollInterval, 0.001)
+        self.notifier = WALNotifier.shared(databasePath: path)
         var config = Configuration()
         config.label = "weft-datastore"
         config.busyMode = .callback(Self.busyCallback(timeout: Self.busyTimeout))
@@ -247,11 +251,12 @@ public final class SQLiteDatastore: Datastore, Sendable {
             do {
                 while !Task.isCancelled {
                     await self.maybeSweep()
-                    // Taken before the query: a commit during it changes the stamp again.
+                    // Both taken before the query: a commit during it changes them again.
+                    let generation = self.notifier?.generation
                     let stamp = WALStamp(databasePath: self.path)
                     if let stamp, stamp == lastStamp, Double(skipped + 1) * self.pollInterval < 1 {
                         skipped += 1
-                        try await Task.sleep(nanoseconds: UInt64(self.pollInterval * 1e9))
+                        try await self.pause(since: generation)
                         continue
                     }
                     skipped = 0
@@ -272,7 +277,7 @@ public final class SQLiteDatastore: Datastore, Sendable {
                     last = next
                     lastStamp = stamp
                     if events.count == Self.watchBatch { continue }
-                    try await Task.sleep(nanoseconds: UInt64(self.pollInterval * 1e9))
+                    try await self.pause(since: generation)
                 }
                 continuation.finish()
             } catch is CancellationError {
@@ -283,6 +288,17 @@ public final class SQLiteDatastore: Datastore, Sendable {
         }
         continuation.onTermination = { _ in task.cancel() }
         return stream
+    }
+
+    /// Between a watch's polls: until the next commit the notifier sees after `generation`,
+    /// or `pollInterval`, whichever comes first.
+    private func pause(since generation: UInt64?) async throws {
+        if let notifier, let generation {
+            await notifier.wait(past: generation, timeout: .milliseconds(Int(pollInterval * 1000)))
+            try Task.checkCancellation()
+        } else {
+            try await Task.sleep(nanoseconds: UInt64(pollInterval * 1e9))
+        }
     }
 
     public func grantLease(ttlSeconds: Int64) async throws -> Int64 {
