@@ -428,6 +428,7 @@ public final class NodeAgent: Service, @unchecked Sendable {
     func reconcileLoop(mode: RoutingMode) async throws {
         let reconciler = RouteReconciler(net: net)
         for await _ in state.changes {
+            guard await state.isSynced else { continue }
             let nodes = await state.liveNodes()
             let want = desiredRouting(me: config.nodeName, nodes: nodes, mode: mode, uplink: config.uplink)
             let started = ContinuousClock.now
@@ -449,6 +450,7 @@ public final class NodeAgent: Service, @unchecked Sendable {
 actor PeerState {
     private var nodes: [String: NodeInfo] = [:]
     private var live: Set<String> = []
+    private var listed: Set<String> = []
     nonisolated let changes: AsyncStream<Void>
     private let wake: AsyncStream<Void>.Continuation
 
@@ -459,6 +461,7 @@ actor PeerState {
     }
 
     func replace(prefix: String, _ items: [KeyValue]) {
+        listed.insert(prefix)
         if prefix == Keys.nodes {
             nodes = [:]
             for kv in items { if let o = try? KubeObject(bytes: kv.value), let n = NodeInfo(o) { nodes[n.name] = n } }
@@ -480,6 +483,11 @@ actor PeerState {
     }
 
     func poke() { wake.yield() }
+
+    /// True once nodes and leases have both been listed: before, every node would look dead
+    /// (or unknown) and a pass would withdraw routes that are still wanted, as a restarted
+    /// agent did for the moment between its two lists.
+    var isSynced: Bool { listed.isSuperset(of: [Keys.nodes, Keys.nodeLeases]) }
 
     /// Live nodes only: a node whose lease expired has its routes withdrawn everywhere.
     func liveNodes() -> [NodeInfo] {
