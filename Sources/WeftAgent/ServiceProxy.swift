@@ -4,10 +4,12 @@ import WeftOS
 
 /// The agent's kube-proxy: follows Services and EndpointSlices (weft's own and any other
 /// controller's) in the datastore and keeps the node's services tables (`inet weft-services`
-/// and its shards, see `ServiceRules`) equal to what they describe. Level-based: each change (bursts
-/// coalesce) recomputes the desired model from the datastore and writes only the difference
-/// from what was last written (a changed endpoint touches its service's chains and elements).
-/// At start, after a failed update, and every `resyncSeconds` the whole table is replaced in
+/// and its shards, see `ServiceRules`) equal to what they describe. A copy of both kept from
+/// the watch (`ServiceSource`) hands each pass the services that changed (bursts coalesce);
+/// the model is updated with those and only the difference is written (a changed endpoint
+/// touches its service's chains and elements).
+/// At start, after a failed update, and every `resyncSeconds` (when the copy is also read again
+/// whole) the whole table is replaced in
 /// one transaction, which repairs any drift. Neither touches conntrack, so established
 /// connections keep their NAT across updates and agent restarts.
 struct ServiceProxy: Sendable {
@@ -52,9 +54,22 @@ struct ServiceProxy: Sendable {
         // For stale conntrack entries: what each service changed since the last successful
         // write had then (nil: it did not exist); nil before the first write.
         var writtenBefore: [String: ServiceRules.Entry?]?
+        // DNS and flow names follow every change, whether or not the rules could be written.
+        var namesStale = true
+        // The copy is read again whole at each resync, in case it missed something the watch
+        // cannot tell (a datastore restored from a snapshot reuses revisions).
+        var relisted = ContinuousClock.now
         for await _ in changes {
             guard source.isSynced else { continue }   // not before both prefixes are listed
             let started = ContinuousClock.now
+            if started - relisted >= .milliseconds(Int(resyncSeconds * 1000)) {
+                do {
+                    for prefix in [Keys.services, Keys.endpointSlices] { source.replace(prefix: prefix, with: try await store.list(prefix: prefix).items) }
+                    relisted = started
+                } catch {
+                    logger.warning("relisting services for the resync failed; the copy from the watch stands", metadata: ["error": "\(error)"])
+                }
+            }
             let delta = source.take { o in
                 logger.warning("skipping a service the datastore holds but weft cannot read", metadata: ["service": "\(o.namespace ?? "default")/\(o.name)"])
             }
@@ -81,14 +96,8 @@ struct ServiceProxy: Sendable {
                 }
                 writtenBefore = [:]
                 metrics.reconciled("services", took: ContinuousClock.now - started, failed: false)
-                let entries = source.entries
-                if !delta.isEmpty || outcome == .replaced {
-                    dns?.update(ClusterDNS(domain: clusterDomain, entries: entries))
-                    flows?.updateServices(entries)
-                }
-                await announce(entries)
                 metrics.nftables(table: ServiceRules.frontTable, rules: model.ruleCount, elements: model.elementCount)
-                let meta: Logger.Metadata = ["services": "\(entries.count)", "changed": "\(delta.changed.count + delta.removed.count)"]
+                let meta: Logger.Metadata = ["services": "\(model.serviceCount)", "changed": "\(delta.changed.count + delta.removed.count)"]
                 switch outcome {
                 case .unchanged: break
                 case .updated: logger.info("services updated", metadata: meta)
@@ -99,6 +108,14 @@ struct ServiceProxy: Sendable {
                 metrics.reconciled("services", took: ContinuousClock.now - started, failed: true)
                 logger.error("programming services failed; retrying at the next change or resync", metadata: ["error": "\(error)"])
             }
+            // After the rules, and whatever became of them.
+            let entries = source.entries
+            if namesStale || !delta.isEmpty {
+                dns?.update(ClusterDNS(domain: clusterDomain, entries: entries))
+                flows?.updateServices(entries)
+                namesStale = false
+            }
+            await announce(entries)
         }
     }
 

@@ -38,6 +38,8 @@ final class WALNotifier: Sendable {
     private struct Weak: @unchecked Sendable { weak var notifier: WALNotifier? }
     private static let registry = Mutex<[String: Weak]>([:])
 
+    private let path: String
+
     private init?(databasePath: String) {
         let url = URL(fileURLWithPath: databasePath)
         let directory = url.deletingLastPathComponent().path, base = url.lastPathComponent
@@ -48,6 +50,7 @@ final class WALNotifier: Sendable {
         guard pipe(&p) == 0 else { close(fd); return nil }
         for end in p { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
         stopPipe = (p[0], p[1])
+        path = databasePath
         let names: Set<String> = [base, base + "-wal"], stopRead = p[0]
         let thread = Thread { [shared] in
             Self.read(inotify: fd, stop: stopRead, names: names, shared: shared)
@@ -58,11 +61,12 @@ final class WALNotifier: Sendable {
         thread.start()
     }
 
-    /// Ends the reader thread; waits in progress return at their timeout.
+    /// Ends the reader thread (it sees the pipe hang up); waits in progress return at their
+    /// timeout. No write: a reader thread gone early would leave it to raise SIGPIPE.
     deinit {
-        var b: UInt8 = 1
-        _ = write(stopPipe.write, &b, 1)
         close(stopPipe.write)
+        let path = self.path
+        Self.registry.withLock { r in if r[path]?.notifier == nil { r[path] = nil } }
     }
 
     var generation: UInt64 { shared.state.withLock { $0.generation } }
@@ -80,6 +84,8 @@ final class WALNotifier: Sendable {
 
     private func changed(past seen: UInt64) async {
         let id = shared.state.withLock { s in s.nextWaiter += 1; return s.nextWaiter }
+        // A cancellation that came after the wait ended left its mark: nothing reads it now.
+        defer { shared.state.withLock { _ = $0.cancelled.remove(id) } }
         await withTaskCancellationHandler {
             await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
                 let now: Bool = shared.state.withLock { s in
@@ -113,7 +119,10 @@ final class WALNotifier: Sendable {
             // struct inotify_event: wd, mask, cookie, len (4 bytes each), then len bytes of name.
             var at = 0, relevant = false
             while at + 16 <= n {
+                let mask = buffer.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: at + 4, as: UInt32.self) }
                 let len = buffer.withUnsafeBytes { Int($0.loadUnaligned(fromByteOffset: at + 12, as: UInt32.self)) }
+                // Events were dropped: any of them may have been a commit.
+                if mask & UInt32(IN_Q_OVERFLOW) != 0 { relevant = true }
                 let nameBytes = buffer[(at + 16)..<min(at + 16 + len, n)].prefix { $0 != 0 }
                 if names.contains(String(decoding: nameBytes, as: UTF8.self)) { relevant = true }
                 at += 16 + len

@@ -306,6 +306,7 @@ public enum ServiceRules {
         /// the second kept the first's fragment.
         public func revision(of service: String) -> Int? { services[service]?.revision }
         public var fragments: [Fragment] { services.keys.sorted().map { services[$0]!.fragment } }
+        public var serviceCount: Int { services.count }
         public var ruleCount: Int { services.values.reduce(0) { $0 + $1.fragment.chains.values.reduce(0) { $0 + $1.count } } }
         public var elementCount: Int { services.values.reduce(0) { $0 + $1.fragment.elements.values.reduce(0) { $0 + $1.count } } }
     }
