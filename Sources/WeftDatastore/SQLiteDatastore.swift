@@ -19,8 +19,7 @@ import WeftCore
 /// Because transactions are serialized, ids become visible in order: a reader never sees
 /// revision n + 1 without n.
 ///
-/// Watches poll (every `pollInterval` seconds, and at once when inotify reports a change to
-/// the database's files: `WALNotifier`) for rows with an id above the last one seen and
+/// Watches poll (every `pollInterval` seconds) for rows with an id above the last one seen and
 /// a name in the prefix's range (a byte range, so `%` and `_` in keys are plain characters).
 /// A poll first looks at the write-ahead log's size, time and header (`WALStamp`): every commit
 /// appends to the log or restarts it with new salts, so an unchanged stamp means nothing was
@@ -45,8 +44,6 @@ public final class SQLiteDatastore: Datastore, Sendable {
     public let path: String
     public let pollInterval: Double
     private let pool: DatabasePool
-    /// Wakes watches at each commit (nil where inotify is not available: they poll).
-    private let notifier: WALNotifier?
     /// When this instance last checked for expired leases (wall-clock seconds).
     private let lastSweepCheck = Mutex<Double>(0)
 
@@ -64,7 +61,6 @@ public final class SQLiteDatastore: Datastore, Sendable {
     public init(path: String, pollInterval: Double = 0.05) throws {
         self.path = path
         self.pollInterval = max(pollInterval, 0.001)
-        self.notifier = WALNotifier.shared(databasePath: path)
         var config = Configuration()
         config.label = "weft-datastore"
         config.busyMode = .callback(Self.busyCallback(timeout: Self.busyTimeout))
@@ -247,17 +243,15 @@ public final class SQLiteDatastore: Datastore, Sendable {
         let task = Task {
             var last = afterRevision
             var lastStamp: WALStamp?
-            var lastQuery: ContinuousClock.Instant?
-            var skipped = 0, unseen = 0
+            var skipped = 0
             do {
                 while !Task.isCancelled {
                     await self.maybeSweep()
-                    // Both taken before the query: a commit during it changes them again.
-                    let generation = self.notifier?.generation
+                    // Taken before the query: a commit during it changes the stamp again.
                     let stamp = WALStamp(databasePath: self.path)
                     if let stamp, stamp == lastStamp, Double(skipped + 1) * self.pollInterval < 1 {
                         skipped += 1
-                        try await self.pause(since: generation, lastQuery: lastQuery)
+                        try await Task.sleep(nanoseconds: UInt64(self.pollInterval * 1e9))
                         continue
                     }
                     skipped = 0
@@ -275,21 +269,10 @@ public final class SQLiteDatastore: Datastore, Sendable {
                         return (rows.map(\.event), max(seen, try Self.headRevision(db)))
                     }
                     for event in events { continuation.yield(event) }
-                    lastQuery = .now
-                    // The log changed but the store did not move: a commit is written to the log
-                    // before it is published in the shared index (-shm: no inotify event), and a
-                    // watch woken in between sees nothing yet. Look again shortly, a few times
-                    // (a checkpoint, which changes the log without a commit, ends it).
-                    if next == last, stamp != lastStamp, unseen < 10 {
-                        unseen += 1
-                        try await Task.sleep(for: .milliseconds(2))
-                        continue
-                    }
-                    unseen = 0
                     last = next
                     lastStamp = stamp
                     if events.count == Self.watchBatch { continue }
-                    try await self.pause(since: generation, lastQuery: lastQuery)
+                    try await Task.sleep(nanoseconds: UInt64(self.pollInterval * 1e9))
                 }
                 continuation.finish()
             } catch is CancellationError {
@@ -300,25 +283,6 @@ public final class SQLiteDatastore: Datastore, Sendable {
         }
         continuation.onTermination = { _ in task.cancel() }
         return stream
-    }
-
-    /// Between a watch's polls: until the next change the notifier sees after `generation`,
-    /// or `pollInterval`, whichever comes first; but no sooner than 10 ms after its last query.
-    /// A change is answered at once, and a stream of commits (leases renewed by many agents)
-    /// is read in batches of up to 10 ms, at most 100 queries a second per watch. (Polling
-    /// alone queried 20 times a second whenever anything was written.)
-    private func pause(since generation: UInt64?, lastQuery: ContinuousClock.Instant?) async throws {
-        let interval = Duration.nanoseconds(Int64(pollInterval * 1e9))
-        if let notifier, let generation {
-            await notifier.wait(past: generation, timeout: interval)
-            try Task.checkCancellation()
-            if let lastQuery {
-                let earliest = lastQuery + min(interval, .milliseconds(10))
-                if earliest > .now { try await Task.sleep(until: earliest) }
-            }
-        } else {
-            try await Task.sleep(for: interval)
-        }
     }
 
     public func grantLease(ttlSeconds: Int64) async throws -> Int64 {
