@@ -40,19 +40,25 @@ public final class ServiceSource: Sendable {
     public var isSynced: Bool { state.withLock { $0.listed.isSuperset(of: [Keys.services, Keys.endpointSlices]) } }
 
     /// A (re)list of `prefix`: what differs from what is held counts as changed. Other
-    /// prefixes are not the source's and are ignored.
+    /// prefixes are not the source's and are ignored. Slices are parsed before the lock is
+    /// taken (10,000 of them at start), so watch events are not held up meanwhile.
     public func replace(prefix: String, with items: [KeyValue]) {
         guard prefix == Keys.services || prefix == Keys.endpointSlices else { return }
+        var parsed: [String: DesiredState.ServiceSlice?] = [:]
+        if prefix == Keys.endpointSlices {
+            let held = state.withLock { s in s.slices.mapValues { $0?.revision } }
+            for kv in items where held[kv.key] != .some(kv.modRevision) { parsed[kv.key] = .some(DesiredState.ServiceSlice(kv)) }
+        }
         state.withLock { s in
             if prefix == Keys.services {
                 let now = Dictionary(items.map { (String($0.key.dropFirst(Keys.services.count)), $0) }, uniquingKeysWith: { _, b in b })
                 for (k, kv) in now where s.services[k]?.modRevision != kv.modRevision { s.dirty.insert(k) }
                 for k in s.services.keys where now[k] == nil { s.dirty.insert(k) }
                 s.services = now
-            } else if prefix == Keys.endpointSlices {
+            } else {
                 let now = Dictionary(items.map { ($0.key, $0) }, uniquingKeysWith: { _, b in b })
                 for k in Array(s.slices.keys) where now[k] == nil { Self.removeSlice(k, &s) }
-                for kv in now.values { Self.putSlice(kv, &s) }
+                for kv in now.values { Self.putSlice(kv, parsed: parsed[kv.key], &s) }
             }
             s.listed.insert(prefix)
         }
@@ -60,22 +66,24 @@ public final class ServiceSource: Sendable {
 
     /// One watch event under either prefix.
     public func apply(_ event: WatchEvent) {
+        let key = event.kv.key
+        let slice = event.kind == .put && key.hasPrefix(Keys.endpointSlices) ? DesiredState.ServiceSlice(event.kv) : nil
         state.withLock { s in
-            let key = event.kv.key
             if key.hasPrefix(Keys.services) {
                 let k = String(key.dropFirst(Keys.services.count))
                 s.services[k] = event.kind == .put ? event.kv : nil
                 s.dirty.insert(k)
             } else if key.hasPrefix(Keys.endpointSlices) {
-                if event.kind == .put { Self.putSlice(event.kv, &s) } else { Self.removeSlice(key, &s) }
+                if event.kind == .put { Self.putSlice(event.kv, parsed: .some(slice), &s) } else { Self.removeSlice(key, &s) }
             }
         }
     }
 
-    private static func putSlice(_ kv: KeyValue, _ s: inout State) {
+    /// - parsed: the slice already parsed from `kv` (nil: parse it here).
+    private static func putSlice(_ kv: KeyValue, parsed: DesiredState.ServiceSlice??, _ s: inout State) {
         if let held = s.slices[kv.key], held?.revision == kv.modRevision { return }
         removeSlice(kv.key, &s)
-        let slice = DesiredState.ServiceSlice(kv)
+        let slice = parsed ?? DesiredState.ServiceSlice(kv)
         s.slices[kv.key] = .some(slice)
         if let slice {
             s.slicesOf[slice.service, default: []].insert(kv.key)
@@ -93,27 +101,31 @@ public final class ServiceSource: Sendable {
     }
 
     /// Rebuilds the entries of the services touched since the last call and returns the change.
+    /// The entries are built outside the lock; a service an event touches meanwhile is dirty
+    /// again and rebuilt by the next call.
     public func take(skipped: (KubeObject) -> Void = { _ in }) -> Delta {
-        state.withLock { s in
-            var delta = Delta()
-            for k in s.dirty.sorted() {
-                let before = s.entries[k]
-                let slices = (s.slicesOf[k] ?? []).compactMap { s.slices[$0] ?? nil }
-                let now = s.services[k].flatMap { DesiredState.serviceEntry($0, slices: slices, skipped: skipped) }
-                if let now {
-                    guard before?.source != now.source else { continue }
-                    s.entries[k] = now
-                    delta.changed.append(now)
-                } else {
-                    guard before != nil else { continue }
-                    s.entries[k] = nil
-                    delta.removed.insert(k)
-                }
-                if let before { delta.previous[k] = before }
+        let work = state.withLock { s in
+            defer { s.dirty = [] }
+            return s.dirty.sorted().map { k in
+                (key: k, service: s.services[k], slices: (s.slicesOf[k] ?? []).compactMap { s.slices[$0] ?? nil }, before: s.entries[k])
             }
-            s.dirty = []
-            return delta
         }
+        var delta = Delta()
+        var built: [(key: String, entry: ServiceRules.Entry?)] = []
+        for w in work {
+            let now = w.service.flatMap { DesiredState.serviceEntry($0, slices: w.slices, skipped: skipped) }
+            if let now {
+                guard w.before?.source != now.source else { continue }
+                delta.changed.append(now)
+            } else {
+                guard w.before != nil else { continue }
+                delta.removed.insert(w.key)
+            }
+            if let before = w.before { delta.previous[w.key] = before }
+            built.append((w.key, now))
+        }
+        state.withLock { s in for b in built { s.entries[b.key] = b.entry } }
+        return delta
     }
 
     /// Every service's entry, as of the last `take`.
