@@ -466,7 +466,20 @@ final class EtcdTestCluster: @unchecked Sendable {
     }
 
     /// The index of the member that is the raft leader (from /v3/maintenance/status).
+    /// Asks every member for its status, retrying for up to 10 s: under load a member can
+    /// still be opening its client port (connection refused) or holding an election.
     func leaderIndex() async throws -> Int {
+        var attempt = 0
+        while true {
+            do { return try await leaderIndexOnce() } catch {
+                attempt += 1
+                guard attempt < 50 else { throw error }
+                try await Task.sleep(for: .milliseconds(200))
+            }
+        }
+    }
+
+    private func leaderIndexOnce() async throws -> Int {
         let probe = EtcdDatastore(endpoints: clientURLs)
         defer { Task { try? await probe.shutdown() } }
         var leader: String?
