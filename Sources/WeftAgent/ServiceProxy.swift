@@ -9,9 +9,9 @@ import WeftOS
 /// the model is updated with those and only the difference is written (a changed endpoint
 /// touches its service's chains and elements).
 /// At start, after a failed update, and every `resyncSeconds` (when the copy is also read again
-/// whole) the whole table is replaced in
-/// one transaction, which repairs any drift. Neither touches conntrack, so established
-/// connections keep their NAT across updates and agent restarts.
+/// whole) the whole table is replaced in one transaction, which repairs any drift. Neither
+/// touches conntrack, so established connections keep their NAT across updates and agent
+/// restarts.
 struct ServiceProxy: Sendable {
     let store: any Datastore
     let logger: Logger

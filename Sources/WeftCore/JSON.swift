@@ -370,13 +370,14 @@ private struct Parser {
     /// -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?, read as a Double (as Go reads into `any`).
     mutating func number() throws(JSONValue.ParseError) -> Double {
         let start = at
+        func atDigit() -> Bool { at < bytes.count && (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[at]) }
         func digits() -> Int {
             let from = at
-            while at < bytes.count, bytes[at] >= UInt8(ascii: "0"), bytes[at] <= UInt8(ascii: "9") { at += 1 }
+            while atDigit() { at += 1 }
             return at - from
         }
         if bytes[at] == UInt8(ascii: "-") { at += 1 }
-        guard at < bytes.count, bytes[at] >= UInt8(ascii: "0"), bytes[at] <= UInt8(ascii: "9") else {
+        guard atDigit() else {
             throw failure("unexpected \(describeNext()), expected a digit in a number")
         }
         if bytes[at] == UInt8(ascii: "0") {

@@ -59,9 +59,7 @@ public final class NetlinkSocket {
 
     /// Sends a request (a dump, or a GET for one object) and returns every reply message.
     func exchange(_ request: NetlinkRequest, _ operation: () -> String) throws(NetlinkError) -> [NetlinkMessage] {
-        seq &+= 1
-        var req = request
-        let wire = req.finish(seq: seq)
+        let (wire, seq) = numbered(request)
         let sent = wire.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
         guard sent == wire.count else { throw NetlinkError(operation: operation(), errno: sent < 0 ? Glibc.errno : EIO) }
 
@@ -76,9 +74,8 @@ public final class NetlinkSocket {
                 guard m.seq == seq else { continue } // a stale reply to an earlier request
                 let payload = buffer[m.payload]
                 if m.type == UInt16(NLMSG_ERROR) {
-                    let err = Int32(bitPattern: load(UInt32.self, at: m.payload.lowerBound))
-                    if err == 0 { return replies }  // the ACK
-                    throw NetlinkError(operation: operation(), errno: -err, kernelMessage: extAckMessage(payload, flags: m.flags))
+                    if let failure = error(in: NetlinkMessage(type: m.type, flags: m.flags, seq: m.seq, payload: payload), operation()) { throw failure }
+                    return replies  // the ACK
                 }
                 if m.type == UInt16(NLMSG_DONE) {
                     // A dump's end (dumps get no separate ACK); it may carry the dump's error.
@@ -142,11 +139,9 @@ public final class NetlinkSocket {
             }
             // Only this batch's replies (BEGIN … END; sequence numbers wrap).
             for m in headers(in: n) where m.type == UInt16(NLMSG_ERROR) && failure == nil && m.seq &- (first &- 1) <= UInt32(messages.count + 1) {
-                let err = Int32(bitPattern: load(UInt32.self, at: m.payload.lowerBound))
-                guard err != 0 else { continue }
                 let index = Int(m.seq &- first)
-                let what = index >= 0 && index < messages.count ? describe(index) : "commit an nf_tables batch of \(messages.count) messages"
-                failure = NetlinkError(operation: what, errno: -err, kernelMessage: extAckMessage(buffer[m.payload], flags: m.flags))
+                failure = error(in: NetlinkMessage(type: m.type, flags: m.flags, seq: m.seq, payload: buffer[m.payload]),
+                                index >= 0 && index < messages.count ? describe(index) : "commit an nf_tables batch of \(messages.count) messages")
             }
         }
         if let failure { throw failure }
@@ -219,7 +214,7 @@ public final class NetlinkSocket {
     }
 
     /// NLMSGERR_ATTR_MSG from an extended ack, after the (capped) original header.
-    func extAckMessage(_ payload: ArraySlice<UInt8>, flags: UInt16) -> String? {
+    private func extAckMessage(_ payload: ArraySlice<UInt8>, flags: UInt16) -> String? {
         guard flags & UInt16(NLM_F_ACK_TLVS) != 0 else { return nil }
         let capped = flags & UInt16(NLM_F_CAPPED) != 0
         let skip = 4 + 16 + (capped ? 0 : Int(payload.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self) }) - 16)
