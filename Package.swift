@@ -79,6 +79,7 @@ let package = Package(
         .testTarget(name: "WeftAgentTests", dependencies: ["WeftAgent", "WeftCore", "WeftOSFakes", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "WeftCNITests", dependencies: ["WeftCNI", "WeftCore", "WeftOSFakes"]),
         .testTarget(name: "WeftKernelTests", dependencies: ["WeftCore", "WeftOS"]),
+        .testTarget(name: "WeftLabTests", dependencies: ["WeftLab", "WeftCore", "WeftOSFakes"]),
         .testTarget(name: "WeftDatastoreTests", dependencies: ["WeftCore", "WeftDatastore", "WeftOSFakes"]),
     ]
 )

@@ -18,73 +18,132 @@ public struct ClusterClient: Sendable {
         public var rollouts: [Deployment] = []
     }
 
-    public func apply(_ objects: [KubeObject]) async throws -> ApplyResult {
+    /// Applies a file as one: every object is checked first (against the datastore and the
+    /// file's own objects), and if any is refused, every refusal is reported and nothing is
+    /// stored. A write that still fails (another client took an address meanwhile) undoes what
+    /// this apply had written, so a file is never half applied.
+    public func apply(_ objects: [KubeObject], source: String = "the file") async throws -> ApplyResult {
+        // Namespaces first, so the objects in them find them.
+        let ordered = objects.filter { $0.kind == "Namespace" } + objects.filter { $0.kind != "Namespace" }
+        let refusals = try await refusals(ordered)
+        guard refusals.isEmpty else { throw ManifestError(refused: refusals, source: source) }
         var result = ApplyResult()
-        var lines: [String] = []
-        // Namespaces first, so pods in them can be checked.
-        for var o in objects.sorted(by: { ($0.kind == "Namespace" ? 0 : 1) < ($1.kind == "Namespace" ? 0 : 1) }) {
-            if o.kind == "Namespace" {
-                // As Kubernetes does: every namespace carries its own name as a label.
-                var l = o.labels
-                l["kubernetes.io/metadata.name"] = o.name
-                o.labels = l
-            }
-            if ["Service", "Pod", "EndpointSlice", "Deployment", "NetworkPolicy"].contains(o.kind) {
-                try await placeInNamespace(&o)
-            }
-            if o.kind == "Service" {
-                let existing = try await store.get(try Keys.key(for: o)).map { try KubeObject(bytes: $0.value) }
-                o = try await ServiceAllocator(store: store).allocate(o, existing: existing)
-            }
-            if o.kind == "Pod" {
-                let ns = o.namespace ?? "default"
-                if o.nodeName == nil { o.setSpec("nodeName", .string(try await schedule())) }
-                else if try await store.get(Keys.node(o.nodeName!)) == nil {
-                    throw ManifestError("pod \(ns)/\(o.name): spec.nodeName \"\(o.nodeName!)\" is not a node of this cluster")
+        var undo = AppliedWrites()
+        do {
+            for o in ordered { try await write(o, into: &result, undo: &undo) }
+        } catch {
+            await undo.revert(store)
+            throw ManifestError("\(error)\nnothing of \(source) was kept: what this apply had written is undone")
+        }
+        return result
+    }
+
+    /// What the API server (and, for pods, the scheduler) would refuse, object by object, with
+    /// nothing written: allocations are tried against the datastore and each other, not claimed.
+    func refusals(_ objects: [KubeObject]) async throws -> [String] {
+        let namespacesInFile = Set(objects.filter { $0.kind == "Namespace" }.map(\.name))
+        let tentative = ServiceAllocator.Reservations()
+        var refusals: [String] = []
+        for var o in objects {
+            do {
+                if Self.namespacedKinds.contains(o.kind) {
+                    let ns = o.namespace ?? "default"
+                    if o.namespace == nil { o.setMeta("namespace", .string(ns)) }
+                    if ns != "default", !namespacesInFile.contains(ns), try await store.get(Keys.namespace(ns)) == nil {
+                        throw ManifestError("\(o.kind.lowercased()) \(ns)/\(o.name): namespace \"\(ns)\" does not exist; apply a Namespace named \(ns) first")
+                    }
                 }
-            }
-            let key = try Keys.key(for: o)
-            if let kv = try await store.get(key) {
-                var existing = try KubeObject(bytes: kv.value)
-                if o.kind == "Pod" && existing.spec.setting("nodeName", to: nil) != o.spec.setting("nodeName", to: nil) {
-                    throw ManifestError("pod \(o.namespace ?? "default")/\(o.name): a pod's spec cannot change; delete it and apply again")
+                let stored = try await store.get(try Keys.key(for: o)).map { try KubeObject(bytes: $0.value) }
+                switch o.kind {
+                case "Service":
+                    _ = try await ServiceAllocator(store: store, dryRun: tentative).allocate(o, existing: stored)
+                case "Pod":
+                    try await checkPlacement(o)
+                    if let stored, stored.spec.setting("nodeName", to: nil) != o.spec.setting("nodeName", to: nil) {
+                        throw ManifestError("pod \(o.namespace ?? "default")/\(o.name): a pod's spec cannot change; delete it and apply again")
+                    }
+                case "Deployment":
+                    _ = try await schedule() // its pods need a node
+                default: break
                 }
-                existing.labels = o.labels
-                existing.annotations = o.annotations
-                if o.kind == "EndpointSlice" {
-                    // Its data sits beside metadata, not in a spec.
-                    for f in ["addressType", "endpoints", "ports"] { existing.json = existing.json.setting(f, to: o.json[f]) }
-                } else if o.kind != "Pod" {
-                    existing.json = existing.json.setting("spec", to: o.json["spec"])
-                }
-                // A load balancer's address lives in status, which the allocator fills in.
-                if o.kind == "Service" { existing.json = existing.json.setting("status", to: o.json["status"]) }
-                try await store.update(key, value: existing.bytes, expectedRevision: kv.modRevision)
-                lines.append("\(o.kind.lowercased())/\(o.name) configured")
-            } else {
-                try await store.create(key, value: o.bytes)
-                lines.append("\(o.kind.lowercased())/\(o.name) created")
-            }
-            if o.kind == "Pod" { result.pods.append("\(o.namespace ?? "default")/\(o.name)") }
-            if o.kind == "Deployment" {
-                let d = try Deployment(o)
-                result.pods += try await scale(d)
-                result.rollouts.append(d)
+            } catch let e as ManifestError {
+                refusals.append(e.description)
             }
         }
-        result.lines = lines
-        return result
+        return refusals
+    }
+
+    static let namespacedKinds: Set<String> = ["Service", "Pod", "EndpointSlice", "Deployment", "NetworkPolicy"]
+
+    /// A pod names a node of the cluster, or some node is ready to take it.
+    func checkPlacement(_ pod: KubeObject) async throws {
+        guard let node = pod.nodeName else { _ = try await schedule(); return }
+        if try await store.get(Keys.node(node)) == nil {
+            throw ManifestError("pod \(pod.namespace ?? "default")/\(pod.name): spec.nodeName \"\(node)\" is not a node of this cluster; name one of `weft get nodes`, or leave it out to have one picked")
+        }
+    }
+
+    /// Stores one checked object (created or configured) and notes how to take it back.
+    func write(_ o: KubeObject, into result: inout ApplyResult, undo: inout AppliedWrites) async throws {
+        var o = o
+        if o.kind == "Namespace" {
+            // As Kubernetes does: every namespace carries its own name as a label.
+            var l = o.labels
+            l["kubernetes.io/metadata.name"] = o.name
+            o.labels = l
+        }
+        if Self.namespacedKinds.contains(o.kind) { try await placeInNamespace(&o) }
+        let key = try Keys.key(for: o)
+        let stored = try await store.get(key)
+        if o.kind == "Service" {
+            let existing = try stored.map { try KubeObject(bytes: $0.value) }
+            o = try await ServiceAllocator(store: store).allocate(o, existing: existing)
+            undo.allocated.append((o, existing))
+        }
+        if o.kind == "Pod" {
+            if o.nodeName == nil { o.setSpec("nodeName", .string(try await schedule())) } else { try await checkPlacement(o) }
+        }
+        if let kv = stored {
+            var existing = try KubeObject(bytes: kv.value)
+            if o.kind == "Pod" && existing.spec.setting("nodeName", to: nil) != o.spec.setting("nodeName", to: nil) {
+                throw ManifestError("pod \(o.namespace ?? "default")/\(o.name): a pod's spec cannot change; delete it and apply again")
+            }
+            existing.labels = o.labels
+            existing.annotations = o.annotations
+            if o.kind == "EndpointSlice" {
+                // Its data sits beside metadata, not in a spec.
+                for f in ["addressType", "endpoints", "ports"] { existing.json = existing.json.setting(f, to: o.json[f]) }
+            } else if o.kind != "Pod" {
+                existing.json = existing.json.setting("spec", to: o.json["spec"])
+            }
+            // A load balancer's address lives in status, which the allocator fills in.
+            if o.kind == "Service" { existing.json = existing.json.setting("status", to: o.json["status"]) }
+            let rev = try await store.update(key, value: existing.bytes, expectedRevision: kv.modRevision)
+            undo.updated.append((key, kv.value, rev))
+            result.lines.append("\(o.kind.lowercased())/\(o.name) configured")
+        } else {
+            let rev = try await store.create(key, value: o.bytes)
+            undo.created.append((key, rev))
+            result.lines.append("\(o.kind.lowercased())/\(o.name) created")
+        }
+        if o.kind == "Pod" { result.pods.append("\(o.namespace ?? "default")/\(o.name)") }
+        if o.kind == "Deployment" {
+            let d = try Deployment(o)
+            result.pods += try await scale(d, created: &undo.created)
+            result.rollouts.append(d)
+        }
     }
 
     /// The Deployment controller's part that runs at apply time: pods of the current template
     /// created or removed to match `replicas`. Returns the current template's pods.
-    func scale(_ d: Deployment) async throws -> [String] {
+    func scale(_ d: Deployment, created: inout [(key: String, revision: Int64)]) async throws -> [String] {
         let plan = d.plan(existing: try await list(Keys.pods + d.namespace + "/"))
         for _ in 0..<plan.add {
             let suffix = String((0..<5).map { _ in "bcdfghjklmnpqrstvwxz2456789".randomElement()! })
             var pod = d.pod(suffix: suffix)
             pod.setSpec("nodeName", .string(try await schedule()))
-            try await store.create(try Keys.key(for: pod), value: pod.bytes)
+            let key = try Keys.key(for: pod)
+            created.append((key, try await store.create(key, value: pod.bytes)))
         }
         if !plan.removeNow.isEmpty { _ = try await delete(plan.removeNow, wait: false) }
         return try await list(Keys.pods + d.namespace + "/")
@@ -151,6 +210,21 @@ public struct ClusterClient: Sendable {
         let pods = try await list(Keys.pods)
         let load = Dictionary(grouping: pods.compactMap(\.nodeName), by: { $0 }).mapValues(\.count)
         return nodes.map(\.name).min { (load[$0] ?? 0, $0) < (load[$1] ?? 0, $1) }!
+    }
+
+    /// What an apply wrote, to take back if a later write of the same file fails.
+    struct AppliedWrites {
+        var created: [(key: String, revision: Int64)] = []
+        var updated: [(key: String, previous: [UInt8], revision: Int64)] = []
+        /// Services as allocated, with the version stored before (nil: new).
+        var allocated: [(KubeObject, KubeObject?)] = []
+
+        /// Best effort, newest first; a key someone else changed since is theirs and left alone.
+        func revert(_ store: any Datastore) async {
+            for (key, rev) in created.reversed() { try? await store.delete(key, expectedRevision: rev) }
+            for (key, previous, rev) in updated.reversed() { _ = try? await store.update(key, value: previous, expectedRevision: rev) }
+            for (service, before) in allocated.reversed() { try? await ServiceAllocator(store: store).release(service, keeping: before) }
+        }
     }
 
     /// Deletes what `objects` name. A running pod is deleted gracefully, as Kubernetes does: it

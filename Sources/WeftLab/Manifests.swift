@@ -17,18 +17,22 @@ public enum Manifests {
             throw ManifestError("\(source): not valid YAML: \(error)")
         }
         var out: [KubeObject] = []
+        // Every object is checked, so one run reports every mistake of the file, not the first.
+        var refusals: [String] = []
+        func check(_ json: JSONValue, _ w: String) {
+            do { out.append(try validate(KubeObject(json: json), where: w, identityOnly: identityOnly)) } catch { refusals.append("\(error)") }
+        }
         for (i, d) in docs.enumerated() {
             guard let d else { continue }
             let where_ = docs.count > 1 ? "\(source) document \(i + 1)" : source
             let json = try toJSON(d, path: where_)
             if json["kind"]?.stringValue == "List" {
-                for (j, item) in (json["items"]?.arrayValue ?? []).enumerated() {
-                    out.append(try validate(KubeObject(json: item), where: "\(where_) items[\(j)]", identityOnly: identityOnly))
-                }
+                for (j, item) in (json["items"]?.arrayValue ?? []).enumerated() { check(item, "\(where_) items[\(j)]") }
             } else {
-                out.append(try validate(KubeObject(json: json), where: where_, identityOnly: identityOnly))
+                check(json, where_)
             }
         }
+        guard refusals.isEmpty else { throw ManifestError(refused: refusals, source: source) }
         guard !out.isEmpty else { throw ManifestError("\(source): no objects found") }
         return out
     }

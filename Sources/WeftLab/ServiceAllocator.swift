@@ -7,6 +7,21 @@ import WeftOS
 /// clients never hand out the same one.
 struct ServiceAllocator {
     let store: any Datastore
+    /// Set: a dry run (what `weft apply` checks before it writes): claims are tried against the
+    /// datastore and the file's earlier services, and kept here instead of written.
+    var dryRun: Reservations?
+
+    init(store: any Datastore, dryRun: Reservations? = nil) { self.store = store; self.dryRun = dryRun }
+
+    /// Keys a dry run has claimed (key -> owner), so two services of one file asking for the same
+    /// address or port are caught before either is stored.
+    actor Reservations {
+        var owners: [String: String] = [:]
+        func owner(of key: String) -> String? { owners[key] }
+        func reserve(_ key: String, for owner: String) { owners[key] = owner }
+        func release(_ keys: [String]) { for k in keys { owners[k] = nil } }
+        func keys(under prefix: String) -> [String] { owners.keys.filter { $0.hasPrefix(prefix) } }
+    }
 
     static let ipKeys = "/weft/serviceips/"
     static let nodePortKeys = "/weft/nodeports/"
@@ -105,18 +120,28 @@ struct ServiceAllocator {
             out.json = out.json.setting("spec", to: spec)
             return out
         } catch {
-            for key in claimed { try? await store.delete(key, expectedRevision: nil) }
+            if let dryRun { await dryRun.release(claimed) } else {
+                for key in claimed { try? await store.delete(key, expectedRevision: nil) }
+            }
             throw error
         }
     }
 
-    /// Gives back a deleted service's address and node ports.
-    func release(_ o: KubeObject) async throws {
-        guard let svc = try? ClusterService(o) else { return }
-        for ip in svc.clusterIPs { try await store.delete(Self.ipKeys + ip.description, expectedRevision: nil) }
-        for p in svc.ports { if let n = p.nodePort { try await store.delete(Self.nodePortKeys + "\(p.proto.lowercased())-\(n)", expectedRevision: nil) } }
-        if let n = svc.healthCheckNodePort { try await store.delete(Self.nodePortKeys + "tcp-\(n)", expectedRevision: nil) }
-        for ip in svc.loadBalancerIPs { try await store.delete(Self.loadBalancerIPKeys + ip.description, expectedRevision: nil) }
+    /// The keys holding a service's addresses and node ports.
+    static func allocationKeys(_ o: KubeObject) -> Set<String> {
+        guard let svc = try? ClusterService(o) else { return [] }
+        var keys = Set(svc.clusterIPs.map { ipKeys + $0.description })
+        for p in svc.ports { if let n = p.nodePort { keys.insert(nodePortKeys + "\(p.proto.lowercased())-\(n)") } }
+        if let n = svc.healthCheckNodePort { keys.insert(nodePortKeys + "tcp-\(n)") }
+        for ip in svc.loadBalancerIPs { keys.insert(loadBalancerIPKeys + ip.description) }
+        return keys
+    }
+
+    /// Gives back a deleted service's address and node ports; with `keeping`, only those the
+    /// earlier version did not hold (an update taken back).
+    func release(_ o: KubeObject, keeping before: KubeObject? = nil) async throws {
+        let kept = before.map(Self.allocationKeys) ?? []
+        for key in Self.allocationKeys(o).subtracting(kept).sorted() { try await store.delete(key, expectedRevision: nil) }
     }
 
     /// The cluster's load balancer ranges (the agents' --load-balancer-cidr); nil before any
@@ -138,7 +163,7 @@ struct ServiceAllocator {
             }
             return r
         }
-        let taken = Set(try await store.list(prefix: Self.loadBalancerIPKeys).items.map { String($0.key.dropFirst(Self.loadBalancerIPKeys.count)) })
+        let taken = try await takenNames(under: Self.loadBalancerIPKeys)
         for range in pool {
             var candidate: IPAddress? = range.prefixLength >= range.family.bitWidth - 1 ? range.first : range.first.advanced(by: 1)
             while let ip = candidate, range.contains(ip) {
@@ -150,7 +175,20 @@ struct ServiceAllocator {
         throw ManifestError("\(w): the load balancer ranges \(pool.map(\.description).joined(separator: ",")) have no free address left; delete unused LoadBalancer services or widen --load-balancer-cidr")
     }
 
+    /// What is held under `prefix` (the part after it), also by this dry run's reservations.
+    private func takenNames(under prefix: String) async throws -> Set<String> {
+        var keys = try await store.list(prefix: prefix).items.map(\.key)
+        if let dryRun { keys += await dryRun.keys(under: prefix) }
+        return Set(keys.map { String($0.dropFirst(prefix.count)) })
+    }
+
     private func claim(_ key: String, owner: String) async throws -> Bool {
+        if let dryRun {
+            if let holder = await dryRun.owner(of: key) { return holder == owner }
+            if let kv = try await store.get(key), String(decoding: kv.value, as: UTF8.self) != owner { return false }
+            await dryRun.reserve(key, for: owner)
+            return true
+        }
         do {
             try await store.create(key, value: Array(owner.utf8))
             return true
@@ -162,7 +200,7 @@ struct ServiceAllocator {
     /// The lowest free address from .16 on (the first ones are left for well-known services,
     /// as Kubernetes keeps .1 for the API and .10 for DNS).
     private func claimFreeIP(in range: IPNetwork, owner: String) async throws -> IPAddress {
-        let taken = Set(try await store.list(prefix: Self.ipKeys).items.map { String($0.key.dropFirst(Self.ipKeys.count)) })
+        let taken = try await takenNames(under: Self.ipKeys)
         var candidate = range.first.advanced(by: 16)
         while let ip = candidate, range.contains(ip), ip != range.last {
             if !taken.contains(ip.description), try await claim(Self.ipKeys + ip.description, owner: owner) { return ip }
@@ -172,7 +210,7 @@ struct ServiceAllocator {
     }
 
     private func claimFreeNodePort(proto: String, owner: String) async throws -> UInt16 {
-        let taken = Set(try await store.list(prefix: Self.nodePortKeys).items.map { String($0.key.dropFirst(Self.nodePortKeys.count)) })
+        let taken = try await takenNames(under: Self.nodePortKeys)
         for n in ClusterService.nodePortRange where !taken.contains("\(proto.lowercased())-\(n)") {
             if try await claim(Self.nodePortKeys + "\(proto.lowercased())-\(n)", owner: owner) { return UInt16(n) }
         }

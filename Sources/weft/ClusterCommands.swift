@@ -54,7 +54,7 @@ struct Apply: AsyncParsableCommand {
         let (store, _) = try cluster.open()
         let objects = try readManifest(filename)
         let client = ClusterClient(store: store)
-        let result = try await client.apply(objects)
+        let result = try await client.apply(objects, source: filename == "-" ? "stdin" : filename)
         for line in result.lines { print(line) }
         if wait > 0 && !result.pods.isEmpty {
             let failed = try await client.waitForPods(result.pods, timeoutSeconds: wait)

@@ -273,6 +273,16 @@ struct MultiNodeTests {
             #expect(r.status != 0, "\(manifest)")
             #expect(r.stderr.contains(message), "\(manifest): \(r.stderr)")
         }
+        // The README's example file on a 2-node cluster: web-2 names node2, which is not a node.
+        // The file is refused as one: the refusal printed, nothing of it stored.
+        let examples = String(#filePath.prefix(upTo: #filePath.range(of: "/Tests/")!.lowerBound)) + "/examples/pods.yaml"
+        let example = try lab.run(["apply", "-f", examples])
+        #expect(example.status != 0)
+        #expect(example.stderr.contains("pod default/web-2: spec.nodeName \"node2\" is not a node of this cluster"), "\(example.stderr)")
+        #expect(example.stderr.contains("nothing of \(examples) was applied"), "\(example.stderr)")
+        let after = try lab.run(["get", "pods", "-A"]).stdout + (try lab.run(["get", "namespaces"]).stdout) + (try lab.run(["get", "services"]).stdout)
+        let names = Set(after.split(whereSeparator: \.isWhitespace).map(String.init))
+        #expect(names.isDisjoint(with: ["web-0", "web-1", "cart-0", "shop", "web"]), "\(after)")
         // A second agent calling itself node0 from another address is refused.
         let state = try JSONValue.parse(Files.read("/run/weft/lab/\(lab.name)/state.json"))
         let datastore = try #require(state["datastore"]?.stringValue)

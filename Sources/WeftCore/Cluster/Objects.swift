@@ -98,6 +98,12 @@ extension String {
 public struct ManifestError: Error, Sendable, Equatable, CustomStringConvertible {
     public var description: String
     public init(_ d: String) { description = d }
+
+    /// Every refusal of a file, one a line, and that nothing of it was stored.
+    public init(refused: [String], source: String) {
+        description = refused.count == 1 ? refused[0] + "\nnothing of \(source) was applied"
+            : "\(refused.count) objects of \(source) were refused:\n" + refused.map { "  " + $0 }.joined(separator: "\n") + "\nnothing of \(source) was applied"
+    }
 }
 
 // MARK: Nodes
