@@ -56,8 +56,19 @@ public enum DesiredState {
 
     public static func policyInput(_ store: any Datastore, cache: ParseCache = ParseCache(),
                                    skipped: (ManifestError) -> Void = { _ in }) async throws -> (PolicyRules.Input, [IPAddress: String]) {
+        var listed: [String: [KeyValue]] = [:]
+        for prefix in policyPrefixes { listed[prefix] = try await store.list(prefix: prefix).items }
+        return policyInput(reading: { listed[$0] ?? [] }, cache: cache, skipped: skipped)
+    }
+
+    /// What the policy input is read from.
+    static let policyPrefixes = [Keys.networkPolicies, Keys.pods, Keys.endpointSlices + NodeDNS.serviceNamespace + "/", Keys.namespaces, Keys.nodes]
+
+    /// The same from what `read` gives for each of `policyPrefixes` (the agent's cluster cache).
+    static func policyInput(reading read: (String) -> [KeyValue], cache: ParseCache = ParseCache(),
+                            skipped: (ManifestError) -> Void = { _ in }) -> (PolicyRules.Input, [IPAddress: String]) {
         var policies: [NetworkPolicy] = []
-        let policyItems = try await store.list(prefix: Keys.networkPolicies).items
+        let policyItems = read(Keys.networkPolicies)
         var seenPolicies: [String: (revision: Int64, policy: Result<NetworkPolicy, ManifestError>?)] = [:]
         for kv in policyItems {
             let parsed = cache.policies[kv.key].flatMap { $0.revision == kv.modRevision ? $0.policy : nil }
@@ -72,20 +83,20 @@ public enum DesiredState {
         cache.policies = seenPolicies
         var seenPods: [String: (revision: Int64, pod: PolicyPod?)] = [:]
         var pods: [PolicyPod] = []
-        for kv in try await store.list(prefix: Keys.pods).items {
+        for kv in read(Keys.pods) {
             let pod = cache.pods[kv.key].flatMap { $0.revision == kv.modRevision ? .some($0.pod) : nil } ?? (try? KubeObject(bytes: kv.value)).flatMap(PolicyPod.init)
             seenPods[kv.key] = (kv.modRevision, pod)
             if let pod { pods.append(pod) }
         }
         cache.pods = seenPods
-        let slices = try await store.list(prefix: Keys.endpointSlices + NodeDNS.serviceNamespace + "/").items.compactMap { try? KubeObject(bytes: $0.value) }
+        let slices = read(Keys.endpointSlices + NodeDNS.serviceNamespace + "/").compactMap { try? KubeObject(bytes: $0.value) }
         pods += NodeDNS.policyPeers(slices)
         var namespaces: [String: [String: String]] = [:]
-        for kv in try await store.list(prefix: Keys.namespaces).items {
+        for kv in read(Keys.namespaces) {
             if let o = try? KubeObject(bytes: kv.value) { namespaces[o.name] = o.labels }
         }
         var hosts: [IPAddress: String] = [:]
-        for kv in try await store.list(prefix: Keys.nodes).items {
+        for kv in read(Keys.nodes) {
             if let n = (try? KubeObject(bytes: kv.value)).flatMap(NodeInfo.init) { hosts[n.hostIP] = n.name }
         }
         let input = PolicyRules.Input(policies: policies.sorted { $0.id < $1.id }, pods: pods.sorted { ($0.namespace, $0.name) < ($1.namespace, $1.name) },

@@ -8,16 +8,20 @@ import WeftCore
 ///
 /// Leadership is a key bound to a lease of the controller's own, taken by compare-and-swap:
 /// the agent holding it leads until its lease runs out (the agent died or lost the datastore);
-/// the others watch the key and try again when it is deleted.
+/// the others follow the key in the cluster cache and try again when it is deleted. Services,
+/// pods and slices are read from the cache; only the writes go to the datastore.
 struct EndpointSliceController: Sendable {
     let store: any Datastore
+    let cache: ClusterCache
     let logger: Logger
     let node: String
     var leaseTTL: Int64 = 10
 
-    static let leaderKey = "/weft/leaders/endpointslice-controller"
+    static let leaderKey = Keys.leaders + "endpointslice-controller"
 
     func run() async throws {
+        let leader = cache.subscribe([Self.leaderKey])
+        let changes = cache.subscribe([Keys.services, Keys.pods, Keys.endpointSlices])
         while !Task.isCancelled {
             do {
                 let lease = try await store.grantLease(ttlSeconds: leaseTTL)
@@ -27,13 +31,13 @@ struct EndpointSliceController: Sendable {
                     try await withThrowingTaskGroup(of: Void.self) { group in
                         // Throws when the lease is lost, which ends the leadership.
                         group.addTask { try await renewLease(store, lease, ttl: leaseTTL) }
-                        group.addTask { try await reconcileLoop() }
+                        group.addTask { try await reconcileLoop(changes) }
                         try await group.next()
                         group.cancelAll()
                     }
                 } else {
                     try? await store.revokeLease(lease)
-                    try await waitForVacancy()
+                    try await waitForVacancy(leader)
                 }
             } catch is CancellationError {
                 return
@@ -60,42 +64,36 @@ struct EndpointSliceController: Sendable {
     }
 
     /// Returns when the leader key is gone (its holder's lease expired or it stepped down).
-    private func waitForVacancy() async throws {
-        let (items, rev) = try await store.list(prefix: Self.leaderKey)
-        guard items.contains(where: { $0.key == Self.leaderKey }) else { return }
-        for try await e in store.watch(prefix: Self.leaderKey, afterRevision: rev) where e.kind == .delete && e.kv.key == Self.leaderKey {
-            return
-        }
+    private func waitForVacancy(_ leader: ClusterCache.Subscription) async throws {
+        // At least one wake-up: the first comes once the cache has listed the key's kind
+        // (before, the key would look vacant), and each after it is a change of the key.
+        repeat {
+            guard await leader.next() != nil else { throw CancellationError() }
+        } while cache.get(Self.leaderKey) != nil
     }
 
-    private func reconcileLoop() async throws {
-        let (changes, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for prefix in [Keys.services, Keys.pods, Keys.endpointSlices] {
-                group.addTask { try await wakeOnChanges(store, prefix: prefix, logger: logger, wake: wake) }
+    /// A pass on every change of services, pods or slices (the first one with everything the
+    /// cache holds, so a new leader starts from a full pass).
+    private func reconcileLoop(_ changes: ClusterCache.Subscription) async throws {
+        changes.poke()
+        while await changes.next() != nil {
+            do { try await reconcile() } catch is CancellationError { return } catch {
+                logger.warning("EndpointSlice sync failed; retrying at the next change", metadata: ["error": "\(error)"])
+                try await Task.sleep(for: .milliseconds(500))
+                changes.poke()
             }
-            group.addTask {
-                for await _ in changes {
-                    do { try await reconcile() } catch is CancellationError { return } catch {
-                        logger.warning("EndpointSlice sync failed; retrying at the next change", metadata: ["error": "\(error)"])
-                        try await Task.sleep(for: .milliseconds(500))
-                        wake.yield()
-                    }
-                }
-            }
-            try await group.next()
-            group.cancelAll()
         }
     }
 
     /// One level-based pass: create, update or delete weft's slices so they match the services
-    /// and pods as they are now. Every write is a compare-and-swap on what was read; a conflict
-    /// means something changed meanwhile, and that change wakes another pass.
+    /// and pods as the cache holds them. Every write is a compare-and-swap on what was read; a
+    /// conflict means something changed meanwhile (or the cache is behind), and that change
+    /// wakes another pass when it reaches the cache.
     func reconcile() async throws {
-        let services = try await store.list(prefix: Keys.services).items.compactMap { try? KubeObject(bytes: $0.value) }
-        let pods = try await store.list(prefix: Keys.pods).items.compactMap { try? KubeObject(bytes: $0.value) }
+        let services = cache.items(Keys.services).compactMap { try? KubeObject(bytes: $0.value) }
+        let pods = cache.items(Keys.pods).compactMap { try? KubeObject(bytes: $0.value) }
         var existing: [String: (KeyValue, KubeObject)] = [:]
-        for kv in try await store.list(prefix: Keys.endpointSlices).items {
+        for kv in cache.items(Keys.endpointSlices) {
             if let o = try? KubeObject(bytes: kv.value), EndpointSlices.isManaged(o) { existing[kv.key] = (kv, o) }
         }
         var wanted: [String: KubeObject] = [:]

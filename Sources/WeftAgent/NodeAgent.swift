@@ -50,28 +50,41 @@ public final class NodeAgent: Service, @unchecked Sendable {
     /// interleaves with the route reconciler's requests.
     let servicesNet: NetworkControl
     let logger: Logger
-    private let state = PeerState()
-    let metrics = AgentMetrics()
+    /// The one copy of the cluster every loop reads.
+    let cache: ClusterCache
+    let metrics: AgentMetrics
     let flows: FlowRecorder
 
     public init(config: AgentConfig, store: any Datastore, net: NetworkControl, servicesNet: NetworkControl, logger: Logger) {
         self.config = config; self.store = store; self.net = net; self.servicesNet = servicesNet; self.logger = logger
         flows = FlowRecorder(node: config.nodeName)
+        let metrics = AgentMetrics()
+        self.metrics = metrics
+        cache = ClusterCache(store: store, logger: logger, metrics: metrics)
     }
 
-    /// Runs until SIGTERM/SIGINT (graceful: the kernel state stays, so pods keep their
-    /// traffic across an agent restart) or until something it cannot recover from.
+    /// Runs until the caller's service group shuts down gracefully (SIGTERM/SIGINT: the
+    /// kernel state stays, so pods keep their traffic across an agent restart) or until
+    /// something it cannot recover from. The loops run as services of a group of their own,
+    /// which follows the caller's graceful shutdown and traps no signal itself.
     public func run() async throws {
+        let loops: [ServiceGroupConfiguration.ServiceConfiguration]
         do {
-            try await cancelWhenGracefulShutdown { try await self.serve() }
+            loops = try await cancelWhenGracefulShutdown { try await self.start() }
         } catch is CancellationError {
-            // Leave the kernel as it is: routes keep flows alive across an agent restart, and
-            // peers withdraw theirs when this node's lease runs out.
-            logger.info("shut down; routes stay until the lease expires", metadata: ["node": "\(config.nodeName)"])
+            logger.info("shut down while starting", metadata: ["node": "\(config.nodeName)"])
+            return
         }
+        try await ServiceGroup(configuration: .init(services: loops, logger: logger)).run()
+        // Leave the kernel as it is: routes keep flows alive across an agent restart, and
+        // peers withdraw theirs when this node's lease runs out.
+        logger.info("shut down; routes stay until the lease expires", metadata: ["node": "\(config.nodeName)"])
     }
 
-    func serve() async throws {
+    /// Registers the node and prepares it, then returns its loops, in start order (a graceful
+    /// shutdown stops them in reverse: the cache last). Essential loops end the agent when they
+    /// end; best-effort ones (DNS, flows, metrics, the heartbeat) are logged and left.
+    func start() async throws -> [ServiceGroupConfiguration.ServiceConfiguration] {
         let cluster = try await agreeOnClusterConfig()
         let hostIP = try config.hostIP ?? detectHostIP(loadBalancerRanges: cluster.loadBalancerCIDRs)
         if let hostNetwork = try hostNetwork(of: hostIP) { try cluster.check(hostNetwork: hostNetwork, uplink: config.uplink) }
@@ -93,41 +106,39 @@ public final class NodeAgent: Service, @unchecked Sendable {
         let domain = try DNSName(config.clusterDomain)
         let dns = try await bindDNS(hostIP: hostIP, domain: domain)
         logger.info("node registered", metadata: ["node": "\(config.nodeName)", "hostIP": "\(hostIP)", "podCIDRs": "\(ranges.map(\.description))", "mode": "\(cluster.mode.rawValue)"])
-        // Awaited here, not inside the task group's body (Swift 6.3 miscompiles such awaits).
         let podRanges = try ipRanges(cluster: cluster, ranges: ranges)
         let metricsServer = await serveMetrics()
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await self.keepAlive(lease: heldLease, hostIP: hostIP) }
-            group.addTask { try await self.watch(prefix: Keys.nodes) }
-            group.addTask { try await self.watch(prefix: Keys.nodeLeases) }
-            group.addTask { try await self.resyncTicker() }
-            group.addTask { try await self.reconcileLoop(mode: cluster.mode) }
-            let addresses = cluster.loadBalancerCIDRs.isEmpty ? nil
-                : LoadBalancerAddresses(net: self.servicesNet, uplink: self.config.uplink, ranges: cluster.loadBalancerCIDRs, logger: self.logger)
-            let healthChecks = HealthCheckServer(logger: self.logger)
-            group.addTask {
-                try await ServiceProxy(store: self.store, logger: self.logger, node: self.config.nodeName,
-                                       addresses: addresses, healthChecks: healthChecks, dns: dns, clusterDomain: domain, metrics: self.metrics, flows: self.flows).run()
-            }
-            if let dns {
-                group.addTask {
-                    try await NodeDNS(store: self.store, logger: self.logger, node: self.config.nodeName, hostIP: hostIP, server: dns,
-                                      leaseTTL: self.config.leaseTTL).run()
-                }
-            }
-            group.addTask { try await PolicyEnforcer(store: self.store, logger: self.logger, node: self.config.nodeName, metrics: self.metrics, flows: self.flows).run() }
-            group.addTask { await self.flows.followConntrack(logger: self.logger) }
-            group.addTask { await self.collectMetrics(ranges: podRanges) }
-            group.addTask { try await self.heartbeat(lease: heldLease) }
-            if let server = metricsServer {
-                group.addTask { try await withTaskCancellationHandler { try await server.channel.closeFuture.get() } onCancel: { Task { await server.close() } } }
-            }
-            group.addTask {
-                try await EndpointSliceController(store: self.store, logger: self.logger, node: self.config.nodeName, leaseTTL: self.config.leaseTTL).run()
-            }
-            try await group.next()
-            group.cancelAll()
+
+        let addresses = cluster.loadBalancerCIDRs.isEmpty ? nil
+            : LoadBalancerAddresses(net: servicesNet, uplink: config.uplink, ranges: cluster.loadBalancerCIDRs, logger: logger)
+        let services = ServiceProxy(cache: cache, logger: logger, node: config.nodeName, addresses: addresses, healthChecks: HealthCheckServer(logger: logger),
+                                    dns: dns, clusterDomain: domain, metrics: metrics, flows: flows)
+        let policy = PolicyEnforcer(cache: cache, logger: logger, node: config.nodeName, metrics: metrics, flows: flows)
+        let slices = EndpointSliceController(store: store, cache: cache, logger: logger, node: config.nodeName, leaseTTL: config.leaseTTL)
+        func loop(_ name: String, restartAfter: Duration? = nil, _ body: @escaping @Sendable () async throws -> Void) -> AgentLoop {
+            AgentLoop(name, restartAfter: restartAfter, logger: logger, body)
         }
+        var loops = [
+            loop("cluster cache") { try await self.cache.run() }.essential(),
+            loop("lease keepalive") { try await self.keepAlive(lease: heldLease, hostIP: hostIP) }.essential(),
+            loop("routes") { try await self.routeLoop(mode: cluster.mode) }.essential(),
+            loop("services") { try await services.run() }.essential(),
+            loop("policy") { try await policy.run() }.essential(),
+            loop("EndpointSlice controller") { try await slices.run() }.essential(),
+            loop("heartbeat", restartAfter: .seconds(1)) { try await self.heartbeat(lease: heldLease) }.bestEffort(),
+            loop("flows") { await self.flows.followConntrack(logger: self.logger) }.bestEffort(),
+            loop("metrics collection") { await self.collectMetrics(ranges: podRanges) }.bestEffort(),
+        ]
+        if let dns {
+            let nodeDNS = NodeDNS(store: store, logger: logger, node: config.nodeName, hostIP: hostIP, server: dns, leaseTTL: config.leaseTTL)
+            loops.append(loop("cluster DNS") { try await nodeDNS.run() }.bestEffort())
+        }
+        if let server = metricsServer {
+            loops.append(loop("metrics server") {
+                try await withTaskCancellationHandler { try await server.channel.closeFuture.get() } onCancel: { Task { await server.close() } }
+            }.bestEffort())
+        }
+        return loops
     }
 
     /// The agent's HTTP endpoint; a port that cannot be bound is logged, not a stop.
@@ -397,100 +408,45 @@ public final class NodeAgent: Service, @unchecked Sendable {
         }
     }
 
-    /// List, then watch from the list's revision; on compaction or a broken stream, relist.
-    func watch(prefix: String) async throws {
-        while !Task.isCancelled {
-            do {
-                let (items, rev) = try await store.list(prefix: prefix)
-                await state.replace(prefix: prefix, items)
-                for try await e in store.watch(prefix: prefix, afterRevision: rev) {
-                    await state.apply(prefix: prefix, e)
-                }
-            } catch is CancellationError { return } catch {
-                metrics.watchRestarted(prefix)
-                logger.warning("watch interrupted; relisting", metadata: ["prefix": "\(prefix)", "error": "\(error)"])
-                try await Task.sleep(for: .milliseconds(200))
+    /// Reconciles when nodes or leases change (bursts coalesce into one pass) and every
+    /// `resyncSeconds`, so drift (a route someone deleted by hand) is repaired; sleeps
+    /// otherwise. Reads the cache: the first pass waits until both kinds are listed (before,
+    /// every node would look dead and a pass would withdraw routes still wanted).
+    func routeLoop(mode: RoutingMode) async throws {
+        let changes = cache.subscribe([Keys.nodes, Keys.nodeLeases])
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await changes.tick(every: self.config.resyncSeconds) }
+            group.addTask {
+                let reconciler = RouteReconciler(net: self.net)
+                while await changes.next() != nil { self.reconcileRoutes(reconciler, mode: mode) }
             }
+            try await group.next()
+            group.cancelAll()
         }
     }
 
-    /// Wakes the reconcile loop every `resyncSeconds` even when nothing changed, so drift
-    /// (a route someone deleted by hand) is repaired.
-    func resyncTicker() async throws {
-        while !Task.isCancelled {
-            try await Task.sleep(for: .milliseconds(Int(config.resyncSeconds * 1000)))
-            await state.poke()
-        }
-    }
-
-    /// Reconciles when the cluster view changes (bursts coalesce into one pass) and on every
-    /// resync tick; sleeps otherwise.
-    func reconcileLoop(mode: RoutingMode) async throws {
-        let reconciler = RouteReconciler(net: net)
-        for await _ in state.changes {
-            guard await state.isSynced else { continue }
-            let nodes = await state.liveNodes()
-            let want = desiredRouting(me: config.nodeName, nodes: nodes, mode: mode, uplink: config.uplink)
-            let started = ContinuousClock.now
-            do {
-                let report = try reconciler.reconcile(want)
-                metrics.reconciled("routes", took: ContinuousClock.now - started, failed: false)
-                metrics.routesProgrammed(want.routes.count)
-                if !report.isEmpty { logger.info("routes reconciled", metadata: ["added": "\(report.added)", "removed": "\(report.removed)", "peers": "\(nodes.count - 1)"]) }
-            } catch {
-                metrics.reconciled("routes", took: ContinuousClock.now - started, failed: true)
-                logger.error("reconcile failed; retrying at the next change or resync", metadata: ["error": "\(error)"])
-            }
+    private func reconcileRoutes(_ reconciler: RouteReconciler, mode: RoutingMode) {
+        let nodes = PeerState.liveNodes(nodes: cache.items(Keys.nodes), leases: cache.items(Keys.nodeLeases))
+        let want = desiredRouting(me: config.nodeName, nodes: nodes, mode: mode, uplink: config.uplink)
+        let started = ContinuousClock.now
+        do {
+            let report = try reconciler.reconcile(want)
+            metrics.reconciled("routes", took: ContinuousClock.now - started, failed: false)
+            metrics.routesProgrammed(want.routes.count)
+            if !report.isEmpty { logger.info("routes reconciled", metadata: ["added": "\(report.added)", "removed": "\(report.removed)", "peers": "\(nodes.count - 1)"]) }
+        } catch {
+            metrics.reconciled("routes", took: ContinuousClock.now - started, failed: true)
+            logger.error("reconcile failed; retrying at the next change or resync", metadata: ["error": "\(error)"])
         }
     }
 }
 
-/// The agent's view of the cluster: nodes and which of them hold a live lease. Every change
-/// wakes `changes` (at most one wake-up is buffered, so bursts coalesce).
-actor PeerState {
-    private var nodes: [String: NodeInfo] = [:]
-    private var live: Set<String> = []
-    private var listed: Set<String> = []
-    nonisolated let changes: AsyncStream<Void>
-    private let wake: AsyncStream<Void>.Continuation
-
-    init() {
-        let (stream, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
-        changes = stream
-        wake = continuation
-    }
-
-    func replace(prefix: String, _ items: [KeyValue]) {
-        listed.insert(prefix)
-        if prefix == Keys.nodes {
-            nodes = [:]
-            for kv in items { if let o = try? KubeObject(bytes: kv.value), let n = NodeInfo(o) { nodes[n.name] = n } }
-        } else {
-            live = Set(items.map { String($0.key.dropFirst(prefix.count)) })
-        }
-        wake.yield()
-    }
-
-    func apply(prefix: String, _ e: WatchEvent) {
-        let name = String(e.kv.key.dropFirst(prefix.count))
-        if prefix == Keys.nodes {
-            if e.kind == .delete { nodes[name] = nil }
-            else if let o = try? KubeObject(bytes: e.kv.value), let n = NodeInfo(o) { nodes[name] = n }
-        } else {
-            if e.kind == .delete { live.remove(name) } else { live.insert(name) }
-        }
-        wake.yield()
-    }
-
-    func poke() { wake.yield() }
-
-    /// True once nodes and leases have both been listed: before, every node would look dead
-    /// (or unknown) and a pass would withdraw routes that are still wanted, as a restarted
-    /// agent did for the moment between its two lists.
-    var isSynced: Bool { listed.isSuperset(of: [Keys.nodes, Keys.nodeLeases]) }
-
+/// The route loop's view of the cluster: the nodes that hold a live lease.
+enum PeerState {
     /// Live nodes only: a node whose lease expired has its routes withdrawn everywhere.
-    func liveNodes() -> [NodeInfo] {
-        nodes.values.filter { live.contains($0.name) }.sorted { $0.name < $1.name }
+    static func liveNodes(nodes: [KeyValue], leases: [KeyValue]) -> [NodeInfo] {
+        let live = Set(leases.map { String($0.key.dropFirst(Keys.nodeLeases.count)) })
+        return nodes.compactMap { kv in (try? KubeObject(bytes: kv.value)).flatMap(NodeInfo.init) }
+            .filter { live.contains($0.name) }.sorted { $0.name < $1.name }
     }
 }

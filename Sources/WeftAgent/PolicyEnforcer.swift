@@ -5,13 +5,13 @@ import WeftCore
 import WeftOS
 
 /// The agent's NetworkPolicy enforcement: follows policies, pods, namespaces and the cluster
-/// DNS endpoints, keeps the node's `inet weft-policy` table equal to what they describe (only
+/// DNS endpoints in the cluster cache, keeps the node's `inet weft-policy` table equal to what they describe (only
 /// the difference is written: a pod changing labels moves set elements), and explains each
 /// packet the table logs as denied: which pod, which peer, which port, and which policies
 /// isolate the pod without allowing it. Level-based like the service proxy; the whole table is
 /// rewritten at start, after a failed update and every `resyncSeconds`.
 final class PolicyEnforcer: Sendable {
-    let store: any Datastore
+    let cache: ClusterCache
     let logger: Logger
     let node: String
     let resyncSeconds: Double
@@ -23,9 +23,9 @@ final class PolicyEnforcer: Sendable {
     /// Told the pods (to name flows) and each denial (a dropped flow).
     let flows: FlowRecorder?
 
-    init(store: any Datastore, logger: Logger, node: String, resyncSeconds: Double = 300, metrics: AgentMetrics = AgentMetrics(), flows: FlowRecorder? = nil,
+    init(cache: ClusterCache, logger: Logger, node: String, resyncSeconds: Double = 300, metrics: AgentMetrics = AgentMetrics(), flows: FlowRecorder? = nil,
          openLog: @escaping @Sendable () throws -> NFLog? = { try NFLog(group: PolicyRules.logGroup) }) {
-        self.store = store; self.logger = logger; self.node = node; self.resyncSeconds = resyncSeconds; self.metrics = metrics; self.flows = flows; self.openLog = openLog
+        self.cache = cache; self.logger = logger; self.node = node; self.resyncSeconds = resyncSeconds; self.metrics = metrics; self.flows = flows; self.openLog = openLog
     }
 
     /// What the last pass read, for explaining logged packets.
@@ -33,18 +33,19 @@ final class PolicyEnforcer: Sendable {
     let nodeAddresses = Mutex([IPAddress: String]())
 
     func run() async throws {
+        let changes = cache.subscribe(DesiredState.policyPrefixes)
         try await withThrowingTaskGroup(of: Void.self) { group in
-            let wakeUps = changes(of: store, prefixes: [Keys.networkPolicies, Keys.pods, Keys.namespaces, Keys.endpointSlices + NodeDNS.serviceNamespace + "/", Keys.nodes],
-                                  resyncSeconds: resyncSeconds, logger: logger, metrics: metrics, in: &group)
-            group.addTask { try await self.apply(wakeUps) }
+            group.addTask { await changes.tick(every: self.resyncSeconds) }
+            group.addTask { try await self.apply(changes) }
             group.addTask { await self.explainDenials() }
             try await group.next()
             group.cancelAll()
         }
     }
 
-    func readInput() async throws -> PolicyRules.Input {
-        let (input, hosts) = try await DesiredState.policyInput(store, cache: parseCache) { error in
+    /// From the cache's copy: a pass reads no datastore.
+    func readInput() -> PolicyRules.Input {
+        let (input, hosts) = DesiredState.policyInput(reading: cache.items, cache: parseCache) { error in
             logger.warning("skipping a network policy weft cannot read", metadata: ["error": "\(error)"])
         }
         nodeAddresses.withLock { $0 = hosts }
@@ -52,14 +53,14 @@ final class PolicyEnforcer: Sendable {
         return input
     }
 
-    private func apply(_ changes: AsyncStream<Void>) async throws {
+    private func apply(_ changes: ClusterCache.Subscription) async throws {
         var table = TableWriter(resyncSeconds: resyncSeconds)
         let nft = LibNFTables()
         var applied: TableModel?   // what the last successful write left in the kernel
-        for await _ in changes {
+        while await changes.next() != nil {
             let started = ContinuousClock.now
             do {
-                let input = try await readInput()
+                let input = readInput()
                 state.withLock { $0 = input }
                 let meta: Logger.Metadata = ["policies": "\(input.policies.count)", "pods": "\(input.pods.count)"]
                 let want = PolicyRules.model(input, node: node)

@@ -3,17 +3,16 @@ import WeftCore
 import WeftOS
 
 /// The agent's kube-proxy: follows Services and EndpointSlices (weft's own and any other
-/// controller's) in the datastore and keeps the node's services tables (`inet weft-services`
+/// controller's) in the cluster cache and keeps the node's services tables (`inet weft-services`
 /// and its shards, see `ServiceRules`) equal to what they describe. A copy of both kept from
 /// the watch (`ServiceSource`) hands each pass the services that changed (bursts coalesce);
 /// the model is updated with those and only the difference is written (a changed endpoint
 /// touches its service's chains and elements).
-/// At start, after a failed update, and every `resyncSeconds` (when the copy is also read again
-/// whole) the whole table is replaced in one transaction, which repairs any drift. Neither
+/// At start, after a failed update, and every `resyncSeconds` the whole table is replaced in one transaction, which repairs any drift. Neither
 /// touches conntrack, so established connections keep their NAT across updates and agent
 /// restarts.
 struct ServiceProxy: Sendable {
-    let store: any Datastore
+    let cache: ClusterCache
     let logger: Logger
     /// This node's name: Local traffic policies keep to its endpoints.
     let node: String
@@ -31,20 +30,18 @@ struct ServiceProxy: Sendable {
     var flows: FlowRecorder?
 
     func run() async throws {
-        let source = ServiceSource()
+        // Services and slices are parsed into `source` as they change; node leases (who
+        // announces each load balancer address) and the resync tick only wake the loop.
+        let changes = cache.subscribe([Keys.services, Keys.endpointSlices, Keys.nodeLeases])
         try await withThrowingTaskGroup(of: Void.self) { group in
-            // Services and slices are mirrored in `source` from their watches; node leases (who
-            // announces each load balancer address) and the resync tick only wake the loop.
-            let wakeUps = changes(of: store, prefixes: [Keys.services, Keys.endpointSlices, Keys.nodeLeases], resyncSeconds: resyncSeconds,
-                                  logger: logger, metrics: metrics, in: &group,
-                                  listed: { source.replace(prefix: $0, with: $1) }, event: { source.apply($0) })
-            group.addTask { try await apply(wakeUps, source: source) }
+            group.addTask { await changes.tick(every: resyncSeconds) }
+            group.addTask { try await apply(changes, source: ServiceSource()) }
             try await group.next()
             group.cancelAll()
         }
     }
 
-    private func apply(_ changes: AsyncStream<Void>, source: ServiceSource) async throws {
+    private func apply(_ changes: ClusterCache.Subscription, source: ServiceSource) async throws {
         // The whole table through libnftables; changes as netlink batches, which need no cache
         // of the table and so cost what they change (see `NFTablesNetlink`).
         let nft = LibNFTables(), netlink = NFTablesNetlink()
@@ -56,20 +53,10 @@ struct ServiceProxy: Sendable {
         var writtenBefore: [String: ServiceRules.Entry?]?
         // DNS and flow names follow every change, whether or not the rules could be written.
         var namesStale = true
-        // The copy is read again whole at each resync, in case it missed something the watch
-        // cannot tell (a datastore restored from a snapshot reuses revisions).
-        var relisted = ContinuousClock.now
-        for await _ in changes {
-            guard source.isSynced else { continue }   // not before both prefixes are listed
+        // Woken once the cache has listed all three prefixes, then with what changed.
+        while let keys = await changes.next() {
+            source.update(keys, from: cache)
             let started = ContinuousClock.now
-            if started - relisted >= .milliseconds(Int(resyncSeconds * 1000)) {
-                do {
-                    for prefix in [Keys.services, Keys.endpointSlices] { source.replace(prefix: prefix, with: try await store.list(prefix: prefix).items) }
-                    relisted = started
-                } catch {
-                    logger.warning("relisting services for the resync failed; the copy from the watch stands", metadata: ["error": "\(error)"])
-                }
-            }
             let delta = source.take { o in
                 logger.warning("skipping a service the datastore holds but weft cannot read", metadata: ["service": "\(o.namespace ?? "default")/\(o.name)"])
             }
@@ -125,7 +112,7 @@ struct ServiceProxy: Sendable {
         await healthChecks.update(LoadBalancing.healthChecks(node: node, entries: entries))
         guard let addresses else { return }
         do {
-            let live = Set(try await store.list(prefix: Keys.nodeLeases).items.map { String($0.key.dropFirst(Keys.nodeLeases.count)) })
+            let live = Set(cache.items(Keys.nodeLeases).map { String($0.key.dropFirst(Keys.nodeLeases.count)) })
             try addresses.reconcile(LoadBalancing.addresses(announcedBy: node, entries: entries, liveNodes: live))
         } catch {
             logger.error("reconciling load balancer addresses failed", metadata: ["error": "\(error)"])

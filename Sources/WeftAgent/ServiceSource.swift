@@ -1,11 +1,10 @@
 import Synchronization
 import WeftCore
 
-/// The Services and EndpointSlices the service proxy programs, mirrored from the datastore by
-/// one list per prefix and then the watch's events (as client-go's informers keep their
-/// store), and the entries they make, rebuilt only for the services an event touched. A pass
-/// then costs what changed, not what the datastore holds: at 10,000 services, listing both
-/// prefixes again took ~190 ms of every pass.
+/// The Services and EndpointSlices the service proxy programs, parsed from the cluster cache's
+/// copy (or fed a list and watch events directly), and the entries they make, rebuilt only for
+/// the services a change touched. A pass then costs what changed, not what the datastore
+/// holds: at 10,000 services, listing both prefixes again took ~190 ms of every pass.
 public final class ServiceSource: Sendable {
     /// What changed since the last `take`.
     public struct Delta: Sendable {
@@ -77,6 +76,17 @@ public final class ServiceSource: Sendable {
                 if event.kind == .put { Self.putSlice(event.kv, parsed: .some(slice), &s) } else { Self.removeSlice(key, &s) }
             }
         }
+    }
+
+    /// The keys the cluster cache says changed, read from its copy: a key it holds is put, one
+    /// it does not is deleted. Called on the cache's wake-ups, which come once both prefixes
+    /// are listed.
+    public func update(_ keys: Set<String>, from cache: ClusterCache) {
+        for key in keys.sorted() where key.hasPrefix(Keys.services) || key.hasPrefix(Keys.endpointSlices) {
+            apply(cache.get(key).map { WatchEvent(kind: .put, kv: $0) }
+                  ?? WatchEvent(kind: .delete, kv: KeyValue(key: key, value: [], createRevision: 0, modRevision: 0)))
+        }
+        state.withLock { $0.listed.formUnion([Keys.services, Keys.endpointSlices]) }
     }
 
     /// - parsed: the slice already parsed from `kv` (nil: parse it here).

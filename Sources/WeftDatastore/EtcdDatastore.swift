@@ -12,7 +12,7 @@ import WeftCore
 ///   `create_revision`/`mod_revision`; a failed compare is `.conflict`.
 /// - `watch` resumes after a lost connection on the next endpoint from the last revision it
 ///   delivered, so the stream has no gaps and no repeats; a compacted start revision finishes
-///   the stream with `.compacted`.
+///   the stream with `.compacted`. Watches of one prefix share one stream (`EtcdWatchHub`).
 ///
 /// Call `shutdown()` when done: it ends running watches and closes the HTTP client.
 public final class EtcdDatastore: Datastore, Sendable {
@@ -22,6 +22,8 @@ public final class EtcdDatastore: Datastore, Sendable {
     let watchProbeInterval: Duration?
     let listPageSize: Int
     let watches = EtcdLocked(WatchRegistry())
+    /// One stream per watched prefix, shared by its watches.
+    let hub = EtcdWatchHub()
     /// The last 64 watch connections made: which endpoint, from which revision (for tests).
     let watchConnections = EtcdLocked([WatchConnectionRecord]())
 

@@ -13,24 +13,39 @@ import WeftCore
 // after it, and `start_revision = lastDelivered + 1` on the next connection continues exactly.
 
 extension EtcdDatastore {
+    /// Served by the datastore's hub: one watch stream per prefix, shared by every watch of it
+    /// (see `EtcdWatchHub`).
     public func watch(prefix: String, afterRevision: Int64) -> AsyncThrowingStream<WatchEvent, Error> {
         let (stream, continuation) = AsyncThrowingStream<WatchEvent, Error>.makeStream()
         guard !transport.shutDown else {
             continuation.finish(throwing: DatastoreError.unavailable("the etcd datastore was shut down"))
             return stream
         }
-        let task = watches.withLock { registry -> Task<Void, Never> in
+        hub.join(self, prefix: prefix, afterRevision: afterRevision, continuation: continuation)
+        return stream
+    }
+
+    /// One stream of `prefix` from `afterRevision` on its own connection, reconnecting as
+    /// `runWatch` does; what it reads goes to `sink`. Cancel the task to stop it.
+    func openStream(prefix: String, afterRevision: Int64, sink: WatchSink) -> Task<Void, Never> {
+        watches.withLock { registry -> Task<Void, Never> in
             let id = registry.nextID
             registry.nextID += 1
             let task = Task {
-                await self.runWatch(prefix: prefix, afterRevision: afterRevision, continuation: continuation)
+                await self.runWatch(prefix: prefix, afterRevision: afterRevision, sink: sink)
                 _ = self.watches.withLock { $0.tasks.removeValue(forKey: id) }
             }
             registry.tasks[id] = task
             return task
         }
-        continuation.onTermination = { _ in task.cancel() }
-        return stream
+    }
+
+    /// Where a stream's events go: `deliver` is handed whole revisions (one response's events)
+    /// and returns false when nobody wants more; `finish` is called once, with nil when the
+    /// stream was stopped.
+    struct WatchSink: Sendable {
+        var deliver: @Sendable ([WatchEvent]) -> Bool
+        var finish: @Sendable (Error?) -> Void
     }
 
     enum WatchOutcome: Sendable {
@@ -47,11 +62,10 @@ extension EtcdDatastore {
         var connected = false
     }
 
-    private func runWatch(prefix: String, afterRevision: Int64,
-                          continuation: AsyncThrowingStream<WatchEvent, Error>.Continuation) async {
+    private func runWatch(prefix: String, afterRevision: Int64, sink continuation: WatchSink) async {
         let endpoints = transport.endpoints
         guard !endpoints.isEmpty else {
-            continuation.finish(throwing: DatastoreError.unavailable("no etcd endpoints configured"))
+            continuation.finish(DatastoreError.unavailable("no etcd endpoints configured"))
             return
         }
         let (key, rangeEnd) = EtcdCodec.prefixRange(prefix)
@@ -64,11 +78,11 @@ extension EtcdDatastore {
 
         while true {
             if transport.shutDown {
-                continuation.finish(throwing: DatastoreError.unavailable("the etcd datastore was shut down"))
+                continuation.finish(DatastoreError.unavailable("the etcd datastore was shut down"))
                 return
             }
             if Task.isCancelled {
-                continuation.finish()
+                continuation.finish(nil)
                 return
             }
             let endpoint = endpoints[index]
@@ -78,14 +92,14 @@ extension EtcdDatastore {
                                                 progress: progress, continuation: continuation)
             switch outcome {
             case .compacted(let requested, let compactRevision):
-                continuation.finish(throwing: DatastoreError.compacted(requested: requested,
+                continuation.finish(DatastoreError.compacted(requested: requested,
                                                                        compactRevision: compactRevision))
                 return
             case .stopped:
                 if transport.shutDown {
-                    continuation.finish(throwing: DatastoreError.unavailable("the etcd datastore was shut down"))
+                    continuation.finish(DatastoreError.unavailable("the etcd datastore was shut down"))
                 } else {
-                    continuation.finish()
+                    continuation.finish(nil)
                 }
                 return
             case .failed(let reason):
@@ -105,7 +119,7 @@ extension EtcdDatastore {
                 if let since = failingSince {
                     if now - since >= watchReconnectTimeout {
                         let reasons = endpoints.compactMap { e in lastFailure[e].map { "\(e): \($0)" } }
-                        continuation.finish(throwing: DatastoreError.unavailable(
+                        continuation.finish(DatastoreError.unavailable(
                             "watch of \"\(prefix)\" from revision \(progress.withLock { $0.lastDelivered } + 1): "
                                 + "no etcd endpoint answered for \(watchReconnectTimeout) "
                                 + "[\(endpoints.joined(separator: ", "))]: \(reasons.joined(separator: "; "))"))
@@ -129,7 +143,7 @@ extension EtcdDatastore {
     /// Alongside, a probe checks that a quiet endpoint still answers.
     private func watchConnection(endpoint: String, key: [UInt8], rangeEnd: [UInt8],
                                  progress: EtcdLocked<WatchProgress>,
-                                 continuation: AsyncThrowingStream<WatchEvent, Error>.Continuation) async -> WatchOutcome {
+                                 continuation: WatchSink) async -> WatchOutcome {
         await withTaskGroup(of: WatchOutcome?.self) { group in
             group.addTask {
                 await self.readWatch(endpoint: endpoint, key: key, rangeEnd: rangeEnd,
@@ -148,7 +162,7 @@ extension EtcdDatastore {
 
     private func readWatch(endpoint: String, key: [UInt8], rangeEnd: [UInt8],
                            progress: EtcdLocked<WatchProgress>,
-                           continuation: AsyncThrowingStream<WatchEvent, Error>.Continuation) async -> WatchOutcome {
+                           continuation: WatchSink) async -> WatchOutcome {
         let start = progress.withLock { $0.lastDelivered } + 1
         watchConnections.withLock {
             $0.append(WatchConnectionRecord(endpoint: endpoint, startRevision: start))
@@ -201,11 +215,11 @@ extension EtcdDatastore {
                         return .failed("etcd canceled the watch: \(result.cancel_reason ?? "no reason given")")
                     }
                     if result.created == true { progress.withLock { $0.connected = true } }
-                    for event in result.events ?? [] {
-                        guard let watchEvent = Self.watchEvent(event), watchEvent.kv.modRevision >= start else { continue }
-                        progress.withLock { $0.lastDelivered = max($0.lastDelivered, watchEvent.kv.modRevision) }
-                        if case .terminated = continuation.yield(watchEvent) { return .stopped }
-                    }
+                    // A line holds whole revisions: handed on together, so a revision is never split.
+                    let events = (result.events ?? []).compactMap(Self.watchEvent).filter { $0.kv.modRevision >= start }
+                    guard let newest = events.last?.kv.modRevision else { continue }
+                    progress.withLock { $0.lastDelivered = max($0.lastDelivered, newest) }
+                    if !continuation.deliver(events) { return .stopped }
                 }
             }
         } catch {

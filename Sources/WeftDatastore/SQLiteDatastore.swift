@@ -19,12 +19,14 @@ import WeftCore
 /// Because transactions are serialized, ids become visible in order: a reader never sees
 /// revision n + 1 without n.
 ///
-/// Watches poll (every `pollInterval` seconds) for rows with an id above the last one seen and
-/// a name in the prefix's range (a byte range, so `%` and `_` in keys are plain characters).
-/// A poll first looks at the write-ahead log's size, time and header (`WALStamp`): every commit
-/// appends to the log or restarts it with new salts, so an unchanged stamp means nothing was
-/// written and the query is skipped. Idle watchers cost a few syscalls per poll, not a read
-/// transaction; a full query still runs every second whatever the stamp says.
+/// Watches are served by one hub per file per process (`SQLiteWatchHub`), which polls (every
+/// `pollInterval` seconds) for rows with an id above the last one it read and hands each to the
+/// watchers whose prefix (a byte range, so `%` and `_` in keys are plain characters) holds it:
+/// one query per commit however many watches the process has. A poll first looks at the
+/// write-ahead log's size, time and header (`WALStamp`): every commit appends to the log or
+/// restarts it with new salts, so an unchanged stamp means nothing was written and the query is
+/// skipped. An idle process costs a few syscalls per poll, not a read transaction; a full query
+/// still runs every `idleQueryInterval` (1 s) whatever the stamp says.
 ///
 /// Leases live in table `leases(id, ttl, expires)`, `expires` being wall-clock (Unix) seconds
 /// so that every process agrees. Any process sweeps: each write transaction first expires what
@@ -43,6 +45,7 @@ import WeftCore
 public final class SQLiteDatastore: Datastore, Sendable {
     public let path: String
     public let pollInterval: Double
+    let idleQueryInterval: Duration
     private let pool: DatabasePool
     /// When this instance last checked for expired leases (wall-clock seconds).
     private let lastSweepCheck = Mutex<Double>(0)
@@ -58,9 +61,16 @@ public final class SQLiteDatastore: Datastore, Sendable {
     /// Opens (creating if needed) the database at `path`.
     /// - Throws: `DatastoreError.unavailable` naming the path when it cannot be opened or
     ///   created, or is not a weft SQLite database.
-    public init(path: String, pollInterval: Double = 0.05) throws {
+    public convenience init(path: String, pollInterval: Double = 0.05) throws {
+        try self.init(path: path, pollInterval: pollInterval, idleQueryInterval: .seconds(1))
+    }
+
+    /// - idleQueryInterval: how often the watch poll queries although the log looks unchanged
+    ///   (tests make it long, to count the queries commits cause).
+    init(path: String, pollInterval: Double, idleQueryInterval: Duration) throws {
         self.path = path
         self.pollInterval = max(pollInterval, 0.001)
+        self.idleQueryInterval = idleQueryInterval
         var config = Configuration()
         config.label = "weft-datastore"
         config.busyMode = .callback(Self.busyCallback(timeout: Self.busyTimeout))
@@ -237,52 +247,9 @@ public final class SQLiteDatastore: Datastore, Sendable {
         }
     }
 
+    /// Served by the process's hub for this file (`SQLiteWatchHub`): one poll for every watch.
     public func watch(prefix: String, afterRevision: Int64) -> AsyncThrowingStream<WatchEvent, Error> {
-        let (stream, continuation) = AsyncThrowingStream.makeStream(of: WatchEvent.self, throwing: Error.self)
-        let range = PrefixRange(prefix)
-        let task = Task {
-            var last = afterRevision
-            var lastStamp: WALStamp?
-            var skipped = 0
-            do {
-                while !Task.isCancelled {
-                    await self.maybeSweep()
-                    // Taken before the query: a commit during it changes the stamp again.
-                    let stamp = WALStamp(databasePath: self.path)
-                    if let stamp, stamp == lastStamp, Double(skipped + 1) * self.pollInterval < 1 {
-                        skipped += 1
-                        try await Task.sleep(nanoseconds: UInt64(self.pollInterval * 1e9))
-                        continue
-                    }
-                    skipped = 0
-                    let seen = last
-                    let (events, next) = try await self.read { db -> ([WatchEvent], Int64) in
-                        let compacted = try Self.compactRevision(db)
-                        if seen < compacted - 1 {
-                            throw DatastoreError.compacted(requested: afterRevision, compactRevision: compacted)
-                        }
-                        let rows = try Row.fetchAll(db, sql: """
-                            SELECT \(KVRow.columns) FROM kv WHERE id > ? AND \(range.sql) ORDER BY id LIMIT \(Self.watchBatch)
-                            """, arguments: [seen] + range.arguments).map(KVRow.init)
-                        if rows.count == Self.watchBatch { return (rows.map(\.event), rows.last!.id) }
-                        // Nothing more in this snapshot: later polls can start from its head.
-                        return (rows.map(\.event), max(seen, try Self.headRevision(db)))
-                    }
-                    for event in events { continuation.yield(event) }
-                    last = next
-                    lastStamp = stamp
-                    if events.count == Self.watchBatch { continue }
-                    try await Task.sleep(nanoseconds: UInt64(self.pollInterval * 1e9))
-                }
-                continuation.finish()
-            } catch is CancellationError {
-                continuation.finish()
-            } catch {
-                continuation.finish(throwing: error)
-            }
-        }
-        continuation.onTermination = { _ in task.cancel() }
-        return stream
+        SQLiteWatchHub.hub(for: self).watch(self, prefix: prefix, afterRevision: afterRevision)
     }
 
     public func grantLease(ttlSeconds: Int64) async throws -> Int64 {
@@ -326,7 +293,7 @@ public final class SQLiteDatastore: Datastore, Sendable {
 
     // MARK: Rows
 
-    private struct KVRow {
+    struct KVRow {
         static let columns = "id, name, created, deleted, create_revision, prev_revision, lease, value"
         var id: Int64
         var name: String
@@ -362,7 +329,7 @@ public final class SQLiteDatastore: Datastore, Sendable {
     /// TEXT with memcmp, so this is exactly "starts with these UTF-8 bytes", and it can use the
     /// (name, id) index. The successor may not be valid UTF-8, so it is bound as a blob and
     /// cast to TEXT in SQL.
-    private struct PrefixRange {
+    struct PrefixRange: Sendable {
         var sql: String
         var arguments: StatementArguments
 
@@ -405,11 +372,11 @@ public final class SQLiteDatastore: Datastore, Sendable {
     }
 
     /// The newest revision ever written; AUTOINCREMENT's sequence survives compaction.
-    private static func headRevision(_ db: Database) throws -> Int64 {
+    static func headRevision(_ db: Database) throws -> Int64 {
         try Int64.fetchOne(db, sql: "SELECT seq FROM sqlite_sequence WHERE name = 'kv'") ?? 0
     }
 
-    private static func compactRevision(_ db: Database) throws -> Int64 {
+    static func compactRevision(_ db: Database) throws -> Int64 {
         try Int64.fetchOne(db, sql: "SELECT value FROM meta WHERE key = 'compact_revision'") ?? 0
     }
 
@@ -440,7 +407,7 @@ public final class SQLiteDatastore: Datastore, Sendable {
 
     /// Rate-limited (per instance) check for expired leases, from reads and watch polls. A
     /// failure (say, the write lock stayed busy) is left for the next check.
-    private func maybeSweep() async {
+    func maybeSweep() async {
         let now = Self.wallClock()
         let due = lastSweepCheck.withLock { last -> Bool in
             guard now - last >= Self.sweepCheckInterval else { return false }
@@ -460,7 +427,7 @@ public final class SQLiteDatastore: Datastore, Sendable {
 
     // MARK: Access and errors
 
-    private func read<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+    func read<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
         try await retryingBusy { try await self.pool.read(body) }
     }
 

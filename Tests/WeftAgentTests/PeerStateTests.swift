@@ -2,17 +2,16 @@ import Testing
 import WeftCore
 @testable import WeftAgent
 
-/// The route loop's view of the cluster is complete only once nodes and leases are both listed:
-/// a restarted agent that reconciled between the two lists withdrew every peer's route.
+/// The route loop routes to the nodes that hold a live lease, and no others.
 struct PeerStateTests {
-    @Test func notSyncedUntilNodesAndLeasesAreBothListed() async throws {
-        let node = KubeObject(json: try JSONValue.parse(#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"n1"},"spec":{"podCIDRs":["10.244.1.0/24"]},"status":{"addresses":[{"type":"InternalIP","address":"192.168.0.11"}]}}"#))
-        let state = PeerState()
-        await state.replace(prefix: Keys.nodes, [KeyValue(key: Keys.nodes + "n1", value: node.bytes, createRevision: 1, modRevision: 1)])
-        #expect(await !state.isSynced)
-        #expect(await state.liveNodes().isEmpty, "no lease seen yet: the node looks dead, which is why the loop waits")
-        await state.replace(prefix: Keys.nodeLeases, [KeyValue(key: Keys.nodeLeases + "n1", value: [], createRevision: 2, modRevision: 2)])
-        #expect(await state.isSynced)
-        #expect(await state.liveNodes().map(\.name) == ["n1"])
+    @Test func onlyNodesWithALeaseAreLive() async throws {
+        func node(_ name: String, _ ip: String) throws -> KeyValue {
+            let o = KubeObject(json: try JSONValue.parse(#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"\#(name)"},"spec":{"podCIDRs":["10.244.1.0/24"]},"status":{"addresses":[{"type":"InternalIP","address":"\#(ip)"}]}}"#))
+            return KeyValue(key: Keys.node(name), value: o.bytes, createRevision: 1, modRevision: 1)
+        }
+        let nodes = [try node("n2", "192.168.0.12"), try node("n1", "192.168.0.11")]
+        #expect(PeerState.liveNodes(nodes: nodes, leases: []).isEmpty, "no lease seen: every node looks dead, which is why the loop waits for both lists")
+        let lease = KeyValue(key: Keys.nodeLease("n1"), value: [], createRevision: 2, modRevision: 2)
+        #expect(PeerState.liveNodes(nodes: nodes, leases: [lease]).map(\.name) == ["n1"])
     }
 }

@@ -566,3 +566,38 @@ final class SilentListener: @unchecked Sendable {
     }
     func close() { _ = Glibc.close(fd) }
 }
+
+extension EtcdDatastoreTests {
+    /// Watches of one prefix share one stream; one that joins behind what the stream delivered
+    /// restarts it from its revision, and the others get no repeats.
+    @Test func watchesOfOnePrefixShareOneStream() async throws {
+        try await withEtcd { _, store in
+            let start = try await store.list(prefix: "/shared/").revision
+            let a = Collector(store.watch(prefix: "/shared/", afterRevision: start))
+            defer { a.stop() }
+            let b2 = Collector(store.watch(prefix: "/shared/", afterRevision: start))
+            defer { b2.stop() }
+            let r1 = try await store.create("/shared/1", value: b("1"))
+            try await store.create("/elsewhere", value: b("x"))
+            try await store.create("/shared/2", value: b("2"))
+            _ = try await a.waitFor(key: "/shared/2")
+            _ = try await b2.waitFor(key: "/shared/2")
+            #expect(store.hub.streamsOpened.load(ordering: .relaxed) == 1, "two watches, one stream")
+            #expect(store.watchConnections.withLock { $0 }.count == 1)
+
+            // At the stream's position: attaches without a new stream.
+            let atHead = Collector(store.watch(prefix: "/shared/", afterRevision: try await store.list(prefix: "/shared/").revision))
+            defer { atHead.stop() }
+            // Behind it: the stream restarts from r1.
+            let late = Collector(store.watch(prefix: "/shared/", afterRevision: r1))
+            defer { late.stop() }
+            try await store.create("/shared/3", value: b("3"))
+            for w in [a, b2, atHead, late] { _ = try await w.waitFor(key: "/shared/3") }
+            #expect(a.events.map(\.kv.key) == ["/shared/1", "/shared/2", "/shared/3"])
+            #expect(b2.events.map(\.kv.key) == ["/shared/1", "/shared/2", "/shared/3"])
+            #expect(atHead.events.map(\.kv.key) == ["/shared/3"])
+            #expect(late.events.map(\.kv.key) == ["/shared/2", "/shared/3"])
+            #expect(store.hub.streamsOpened.load(ordering: .relaxed) <= 2)
+        }
+    }
+}

@@ -6,7 +6,7 @@ import Darwin
 import Foundation
 import Testing
 import WeftCore
-import WeftDatastore
+@testable import WeftDatastore
 
 private typealias Conformance = DatastoreConformance
 private typealias Collector = DatastoreConformance.EventCollector

@@ -66,6 +66,8 @@ public enum Keys {
     public static let clusterConfig = "/weft/config"
     /// weft's own: each agent's heartbeat (on its node lease), written to time its watch.
     public static let heartbeats = "/weft/heartbeats/"
+    /// weft's own: keys whose holder leads a cluster-wide job (on the holder's lease).
+    public static let leaders = "/weft/leaders/"
 
     public static func node(_ name: String) -> String { nodes + name }
     public static func nodeLease(_ name: String) -> String { nodeLeases + name }
