@@ -54,6 +54,8 @@ public final class NodeAgent: Service, @unchecked Sendable {
     let cache: ClusterCache
     let metrics: AgentMetrics
     let flows: FlowRecorder
+    /// Writes a sysctl of the node (only when it differs); replaced in tests without root.
+    var ensureSysctl: (String, String) throws -> Void = { key, value in try Sysctl.ensure(key, value) }
 
     public init(config: AgentConfig, store: any Datastore, net: NetworkControl, servicesNet: NetworkControl, logger: Logger) {
         self.config = config; self.store = store; self.net = net; self.servicesNet = servicesNet; self.logger = logger
@@ -88,7 +90,7 @@ public final class NodeAgent: Service, @unchecked Sendable {
         let cluster = try await agreeOnClusterConfig()
         let hostIP = try config.hostIP ?? detectHostIP(loadBalancerRanges: cluster.loadBalancerCIDRs)
         if let hostNetwork = try hostNetwork(of: hostIP) { try cluster.check(hostNetwork: hostNetwork, uplink: config.uplink) }
-        let vtepMAC = cluster.mode == .vxlan ? try ensureVXLAN(cluster: cluster, hostIP: hostIP) : nil
+        let vtepMAC = try routing(cluster).ensureDevice(hostIP: hostIP)
 
         var lease = try await claimNodeName(hostIP: hostIP)
         let ranges = try await claimPodRanges(cluster: cluster)
@@ -102,7 +104,7 @@ public final class NodeAgent: Service, @unchecked Sendable {
         let me = NodeInfo(name: config.nodeName, hostIP: hostIP, podCIDRs: ranges, vtepMAC: vtepMAC)
         try await publish(me)
         try prepareNode(cluster: cluster, ranges: ranges)
-        try writeCNIConfig(cluster: cluster, ranges: ranges)
+        try writeCNIConfig(cluster: cluster, ranges: ranges, hostIP: hostIP)
         let domain = try DNSName(config.clusterDomain)
         let dns = try await bindDNS(hostIP: hostIP, domain: domain)
         logger.info("node registered", metadata: ["node": "\(config.nodeName)", "hostIP": "\(hostIP)", "podCIDRs": "\(ranges.map(\.description))", "mode": "\(cluster.mode.rawValue)"])
@@ -121,7 +123,7 @@ public final class NodeAgent: Service, @unchecked Sendable {
         var loops = [
             loop("cluster cache") { try await self.cache.run() }.essential(),
             loop("lease keepalive") { try await self.keepAlive(lease: heldLease, hostIP: hostIP) }.essential(),
-            loop("routes") { try await self.routeLoop(mode: cluster.mode) }.essential(),
+            loop("routes") { try await self.routeLoop(backend: cluster.backend) }.essential(),
             loop("services") { try await services.run() }.essential(),
             loop("policy") { try await policy.run() }.essential(),
             loop("EndpointSlice controller") { try await slices.run() }.essential(),
@@ -314,52 +316,29 @@ public final class NodeAgent: Service, @unchecked Sendable {
         try net.addresses().first { $0.address.address == hostIP }.map { $0.address.network }
     }
 
-    func ensureVXLAN(cluster: ClusterConfig, hostIP: IPAddress) throws -> [UInt8] {
-        let uplink = try net.link(named: config.uplink)
-        let mtu = (uplink?.mtu ?? 1500) - (hostIP.family == .v4 ? VXLAN.overheadV4 : VXLAN.overheadV6)
-        if let dev = try net.link(named: VXLAN.device) {
-            if !dev.isUp { try net.setUp(index: dev.index) }
-            return dev.mac
-        }
-        try net.createLink(.vxlan(name: VXLAN.device, vni: cluster.vni, port: cluster.vxlanPort, local: hostIP, underlayIndex: uplink?.index, mtu: mtu, learning: false))
-        guard let dev = try net.link(named: VXLAN.device) else { throw AgentError("\(VXLAN.device) vanished after creation") }
-        try net.setMAC(index: dev.index, mac: dev.mac) // pinned, so peers' FDB entries stay valid
-        try net.setUp(index: dev.index)
-        return dev.mac
+    /// The cluster's routing backend, carried out on this node's netlink and sysctls.
+    func routing(_ cluster: ClusterConfig) -> RoutingSetup {
+        RoutingSetup(backend: cluster.backend, net: net, uplink: config.uplink, ensureSysctl: ensureSysctl)
     }
 
     func prepareNode(cluster: ClusterConfig, ranges: [IPNetwork]) throws {
-        try Sysctl.ensure("net/ipv4/ip_forward", "1")
-        if ranges.contains(where: { $0.family == .v6 }) { try Sysctl.ensure("net/ipv6/conf/all/forwarding", "1") }
+        try ensureSysctl("net/ipv4/ip_forward", "1")
+        if ranges.contains(where: { $0.family == .v6 }) { try ensureSysctl("net/ipv6/conf/all/forwarding", "1") }
         // Flow records carry packet and byte counts (conntrack accounting); best effort.
-        try? Sysctl.ensure("net/netfilter/nf_conntrack_acct", "1")
-        switch cluster.mode {
-        case .vxlan:
-            guard let dev = try net.link(named: VXLAN.device) else { return }
-            for r in ranges {
-                try net.ensureAddress(IPInterfaceAddress(address: VXLAN.tunnelAddress(r), prefixLength: r.family.bitWidth), index: dev.index, noDAD: true)
-            }
-        case .underlay:
-            // Answer ARP on the host segment for this node's pods, at once.
-            try Sysctl.ensure("net/ipv4/conf/\(config.uplink)/proxy_arp", "1")
-            try Sysctl.ensure("net/ipv4/neigh/\(config.uplink)/proxy_delay", "0")
-        case .native:
-            break
-        }
+        try? ensureSysctl("net/netfilter/nf_conntrack_acct", "1")
+        try routing(cluster).ensureNode(blocks: ranges)
+    }
+
+    /// The IPAM ranges of the node's pod ranges, as the CNI config gives them to the plugin.
+    func ipRanges(cluster: ClusterConfig, ranges: [IPNetwork]) throws -> [IPRange] {
+        let backend = cluster.backend
+        return try ranges.map { r in try IPRange(subnet: r, rangeStart: backend.podRangeStart(of: r)) }
     }
 
     /// The conflist the container runtime reads. Written atomically; rewritten only if changed.
-    /// The IPAM ranges of the node's pod ranges, as the CNI config gives them to the plugin.
-    func ipRanges(cluster: ClusterConfig, ranges: [IPNetwork]) throws -> [IPRange] {
-        try ranges.map { r in
-            // In vxlan mode the block's first address is the node's tunnel address.
-            try IPRange(subnet: r, rangeStart: cluster.mode == .vxlan ? r.first.advanced(by: 2) : nil)
-        }
-    }
-
-    func writeCNIConfig(cluster: ClusterConfig, ranges: [IPNetwork]) throws {
-        let uplinkMTU = try net.link(named: config.uplink)?.mtu ?? 1500
-        let mtu = cluster.mode == .vxlan ? uplinkMTU - VXLAN.overheadV4 : uplinkMTU
+    /// The pod MTU is the backend's for the uplink and the host address's family.
+    func writeCNIConfig(cluster: ClusterConfig, ranges: [IPNetwork], hostIP: IPAddress) throws {
+        let mtu = try routing(cluster).podMTU(hostIP: hostIP)
         let sets: [JSONValue] = try ipRanges(cluster: cluster, ranges: ranges).map { r in
             var range: [(String, JSONValue)] = [("subnet", .string(r.subnet.description))]
             if r.rangeStart != r.subnet.first.advanced(by: 1) { range.append(("rangeStart", .string(r.rangeStart.description))) }
@@ -412,22 +391,22 @@ public final class NodeAgent: Service, @unchecked Sendable {
     /// `resyncSeconds`, so drift (a route someone deleted by hand) is repaired; sleeps
     /// otherwise. Reads the cache: the first pass waits until both kinds are listed (before,
     /// every node would look dead and a pass would withdraw routes still wanted).
-    func routeLoop(mode: RoutingMode) async throws {
+    func routeLoop(backend: any RoutingBackend) async throws {
         let changes = cache.subscribe([Keys.nodes, Keys.nodeLeases])
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { await changes.tick(every: self.config.resyncSeconds) }
             group.addTask {
                 let reconciler = RouteReconciler(net: self.net)
-                while await changes.next() != nil { self.reconcileRoutes(reconciler, mode: mode) }
+                while await changes.next() != nil { self.reconcileRoutes(reconciler, backend: backend) }
             }
             try await group.next()
             group.cancelAll()
         }
     }
 
-    private func reconcileRoutes(_ reconciler: RouteReconciler, mode: RoutingMode) {
+    private func reconcileRoutes(_ reconciler: RouteReconciler, backend: any RoutingBackend) {
         let nodes = PeerState.liveNodes(nodes: cache.items(Keys.nodes), leases: cache.items(Keys.nodeLeases))
-        let want = desiredRouting(me: config.nodeName, nodes: nodes, mode: mode, uplink: config.uplink)
+        let want = backend.desiredRouting(me: config.nodeName, nodes: nodes, uplink: config.uplink)
         let started = ContinuousClock.now
         do {
             let report = try reconciler.reconcile(want)

@@ -21,17 +21,18 @@ public final class RouteReconciler {
         var report = Report()
         let links = try net.links()
         func index(_ name: String) -> Int32? { links.first { $0.name == name }?.index }
-        let vxlan = index(VXLAN.device)
+        // FDB and neighbour entries live on the mode's own device (vxlan's), if it has one.
+        let device = want.device.flatMap(index)
 
         // Add: forwarding entries first, then neighbours, then the routes that use them.
-        if let vxlan {
-            let haveFDB = try net.fdb(index: vxlan)
-            for e in want.fdb where !haveFDB.contains(FDBEntry(linkIndex: vxlan, mac: e.mac, remote: e.remote)) {
-                try net.ensureFDB(FDBEntry(linkIndex: vxlan, mac: e.mac, remote: e.remote)); report.added += 1
+        if let device {
+            let haveFDB = try net.fdb(index: device)
+            for e in want.fdb where !haveFDB.contains(FDBEntry(linkIndex: device, mac: e.mac, remote: e.remote)) {
+                try net.ensureFDB(FDBEntry(linkIndex: device, mac: e.mac, remote: e.remote)); report.added += 1
             }
             let haveNeigh = try net.neighbors(family: .v4) + net.neighbors(family: .v6)
-            for n in want.neighbors where !haveNeigh.contains(where: { $0.linkIndex == vxlan && $0.address == n.address && $0.mac == n.mac && $0.permanent }) {
-                try net.ensureNeighbor(NeighborEntry(linkIndex: vxlan, address: n.address, mac: n.mac)); report.added += 1
+            for n in want.neighbors where !haveNeigh.contains(where: { $0.linkIndex == device && $0.address == n.address && $0.mac == n.mac && $0.permanent }) {
+                try net.ensureNeighbor(NeighborEntry(linkIndex: device, address: n.address, mac: n.mac)); report.added += 1
             }
         }
         let haveRoutes = try (net.routes(family: .v4) + net.routes(family: .v6)).filter { $0.protocolID == RouteEntry.weftProtocol && $0.table == 254 }
@@ -47,13 +48,13 @@ public final class RouteReconciler {
         for r in haveRoutes where !wanted.contains(where: { same($0, r) }) && !wanted.contains(where: { $0.destination == r.destination }) {
             do { try net.deleteRoute(r); report.removed += 1 } catch where error.isNotFound {}
         }
-        if let vxlan {
-            for n in try net.neighbors(family: .v4) + net.neighbors(family: .v6) where n.linkIndex == vxlan && n.permanent {
+        if let device {
+            for n in try net.neighbors(family: .v4) + net.neighbors(family: .v6) where n.linkIndex == device && n.permanent {
                 if !want.neighbors.contains(DesiredNeighbor(address: n.address, mac: n.mac)) {
                     do { try net.deleteNeighbor(n); report.removed += 1 } catch where error.isNotFound {}
                 }
             }
-            for e in try net.fdb(index: vxlan) where !want.fdb.contains(DesiredFDB(mac: e.mac, remote: e.remote)) {
+            for e in try net.fdb(index: device) where !want.fdb.contains(DesiredFDB(mac: e.mac, remote: e.remote)) {
                 do { try net.deleteFDB(e); report.removed += 1 } catch where error.isNotFound {}
             }
         }

@@ -23,9 +23,12 @@ public struct LabDoctor {
         var owners: [IPNetwork: String] = [:]
         for n in nodes { for r in n.podCIDRs { owners[r] = n.name } }
 
+        let backend = state.mode.backend()
         var findings: [Finding] = []
         for node in state.nodes {
-            var want = NodeExpectation(mode: state.mode, routing: desiredRouting(me: node.name, nodes: nodes.filter { live.contains($0.name) }, mode: state.mode, uplink: uplink))
+            let hostFamily = IPAddress(node.hostIP)?.family ?? .v4
+            var want = NodeExpectation(backend: backend, hostFamily: hostFamily,
+                                       routing: backend.desiredRouting(me: node.name, nodes: nodes.filter { live.contains($0.name) }, uplink: uplink))
             want.rangeOwners = owners
             want.leaseLive = live.contains(node.name)
             want.hasIPv6PodRange = nodes.first { $0.name == node.name }?.podCIDRs.contains { $0.family == .v6 } ?? false
@@ -35,7 +38,7 @@ public struct LabDoctor {
             want.tables = Doctor.ruleCounts(script: ServiceRules.fullScript(ServiceRules.model(entries, node: node.name)))
             want.tables[PolicyRules.table] = PolicyRules.model(policyInput, node: node.name).chains.mapValues(\.rules.count)
             do {
-                findings += Doctor.check(try observe(node), want)
+                findings += Doctor.check(try observe(node, backend: backend), want)
             } catch {
                 findings.append(Finding(node: node.name, check: "node", message: "cannot look inside the node's namespace \(node.netns): \(error)",
                                         fix: "is the lab up? `weft lab up` recreates it"))
@@ -46,7 +49,7 @@ public struct LabDoctor {
 
     /// Reads one node: links, routes, sysctls and nftables inside its namespace; its CNI config
     /// and IPAM records from the lab's files.
-    func observe(_ node: LabState.Node) throws -> NodeObservation {
+    func observe(_ node: LabState.Node, backend: any RoutingBackend) throws -> NodeObservation {
         var o = NodeObservation(node: node.name, uplink: uplink)
         let dir = "\(state.dir)/\(node.name)"
         if let conf = try? JSONValue.parse(Files.read("\(dir)/net.d/10-weft.conflist")) {
@@ -58,13 +61,16 @@ public struct LabDoctor {
             let net = try Rtnetlink()
             let links = try net.links()
             o.uplinkMTU = links.first { $0.name == uplink }?.mtu
-            for l in links where l.name.hasPrefix("weft") && l.name != VXLAN.device && l.name != "weft0" { o.podInterfaceMTUs[l.name] = l.mtu }
+            o.linkMTUs = Dictionary(links.map { ($0.name, $0.mtu) }, uniquingKeysWith: { a, _ in a })
+            for l in links where l.name.hasPrefix("weft") && l.name != backend.deviceName && l.name != "weft0" { o.podInterfaceMTUs[l.name] = l.mtu }
             let names = Dictionary(links.map { ($0.index, $0.name) }, uniquingKeysWith: { a, _ in a })
             for r in try net.routes(family: .v4) + net.routes(family: .v6) where r.protocolID == RouteEntry.weftProtocol && r.table == 254 {
                 o.routes.append((r.destination, r.gateway, r.linkIndex.flatMap { names[$0] } ?? "?"))
             }
             var keys = ["net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding", "net/ipv4/conf/all/rp_filter", "net/ipv4/conf/\(uplink)/rp_filter"]
-            if state.mode == .vxlan { keys.append("net/ipv4/conf/\(VXLAN.device)/rp_filter") }
+            let arrival = backend.arrivalDevice(uplink: uplink)
+            if arrival != uplink { keys.append("net/ipv4/conf/\(arrival)/rp_filter") }
+            keys += backend.sysctls(uplink: uplink).map(\.key)
             for k in keys {
                 if let v = try? Files.readString("/proc/sys/\(k)") { o.sysctls[k] = v.trimmingCharacters(in: .whitespacesAndNewlines) }
             }

@@ -44,6 +44,7 @@ public struct LabTrace {
 
     public let state: LabState
     public let store: any Datastore
+    let uplink = "eth0"
 
     public init(state: LabState, store: any Datastore) { self.state = state; self.store = store }
 
@@ -65,6 +66,7 @@ public struct LabTrace {
         let pods = try await store.list(prefix: Keys.pods).items.compactMap { try? KubeObject(bytes: $0.value) }
         let entries = try await DesiredState.serviceEntries(store)
         let (input, _) = try await DesiredState.policyInput(store)
+        let routing = state.mode.backend()
         let src = try resolve(srcSpec, pods: pods, entries: entries, nodes: nodes)
         var dst = try resolve(dstSpec, pods: pods, entries: entries, nodes: nodes)
         var r = Result()
@@ -155,15 +157,12 @@ public struct LabTrace {
             wantDev = backendPod != nil ? "weft…" : "local"
             how = backendPod != nil ? "same node: straight to the destination pod's veth" : "delivered to the node itself"
         } else if let dstNode {
-            switch state.mode {
-            case .vxlan: wantDev = VXLAN.device; how = "to \(dstNode.name)'s pod range over VXLAN (\(VXLAN.device) → \(dstNode.hostIP))"
-            case .native: wantDev = "eth0"; how = "native route to \(dstNode.name)'s pod range via \(dstNode.hostIP)"
-            case .underlay: wantDev = "eth0"; how = "pod addresses on the host network: via \(dstNode.hostIP)"
-            }
+            let path = routing.path(to: dstNode, uplink: uplink)
+            wantDev = path.device; how = path.description
         } else {
-            wantDev = "eth0"; how = "outside the cluster: out of eth0 (masqueraded)"
+            wantDev = uplink; how = "outside the cluster: out of \(uplink) (masqueraded)"
         }
-        let devOK = decision.map { wantDev == "weft…" ? $0.dev.hasPrefix("weft") && $0.dev != VXLAN.device : (wantDev == "local" ? $0.type == "local" : $0.dev == wantDev) } ?? false
+        let devOK = decision.map { wantDev == "weft…" ? isPodVeth($0.dev, routing) : (wantDev == "local" ? $0.type == "local" : $0.dev == wantDev) } ?? false
         r.hops.append(Hop(what: "routing on \(srcNodeName)", desired: how,
                           live: decision.map { "\(backend) \($0.type == "local" ? "local " : "")\($0.gateway.map { "via \($0) " } ?? "")dev \($0.dev)" } ?? "no route",
                           agrees: devOK))
@@ -176,11 +175,11 @@ public struct LabTrace {
         // 5. The destination node: its route to the pod, then ingress policy.
         if let backendPod {
             let dstNodeNS = netns(of: dstNodeName)
-            let iif = dstNodeName == srcNodeName ? srcVeth : (state.mode == .vxlan ? VXLAN.device : "eth0")
+            let iif = dstNodeName == srcNodeName ? srcVeth : routing.arrivalDevice(uplink: uplink)
             let arrive = routeGet(ns: dstNodeNS, to: backend, from: srcIP, iif: iif)
             if dstNodeName != srcNodeName {
                 r.hops.append(Hop(what: "arrives at \(dstNodeName) (\(dstNode.hostIP)) on \(iif)", desired: "route to the destination pod's veth",
-                                  live: arrive.map { "\(backend) dev \($0.dev)" } ?? "no route", agrees: arrive?.dev.hasPrefix("weft") == true && arrive?.dev != VXLAN.device))
+                                  live: arrive.map { "\(backend) dev \($0.dev)" } ?? "no route", agrees: arrive.map { isPodVeth($0.dev, routing) } ?? false))
             }
             let ingress = input.verdict(.ingress, pod: backendPod, peer: srcIP, peerPod: srcPod, port: backendPort, proto: proto)
             let ingressMapped = nft(ns: dstNodeNS, "get element inet \(PolicyRules.table) ingress-pods\(family == .v4 ? "4" : "6") { \(backend) }") != nil
@@ -204,6 +203,9 @@ public struct LabTrace {
         if v.allowed { return "\(what): allowed by \(v.allowedBy.joined(separator: ", ")) (isolated by \(v.isolatedBy.joined(separator: ", ")))" }
         return "\(what): DENIED — isolated by \(v.isolatedBy.joined(separator: ", ")), no rule of theirs allows it"
     }
+
+    /// A pod's host-side veth ("weft" + hash), not the mode's own device.
+    func isPodVeth(_ dev: String, _ routing: any RoutingBackend) -> Bool { dev.hasPrefix("weft") && dev != routing.deviceName }
 
     func hostVethHint(_ dev: String) -> String { dev.hasPrefix("weft") ? "(weft + hash of container and ifname)" : "" }
 

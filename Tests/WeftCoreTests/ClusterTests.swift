@@ -1,7 +1,7 @@
 import Testing
 import WeftCore
 
-/// The pure cluster logic the agent runs on: settings checks, block search, desired routing.
+/// The pure cluster logic the agent runs on: settings checks, block search.
 struct ClusterConfigTests {
     func config(_ mode: RoutingMode, _ cidrs: [String], v4: Int = 24, v6: Int = 80) -> ClusterConfig {
         ClusterConfig(mode: mode, clusterCIDRs: cidrs.map(net), blockPrefixV4: v4, blockPrefixV6: v6)
@@ -50,35 +50,5 @@ struct ClusterConfigTests {
     @Test func settingsRoundTripThroughJSON() {
         let c = config(.vxlan, ["10.244.0.0/16", "fd00:244::/56"], v4: 26, v6: 96)
         #expect(ClusterConfig(json: c.json) == c)
-    }
-}
-
-struct DesiredRoutingTests {
-    let nodes = [
-        NodeInfo(name: "a", hostIP: ip("192.168.1.1"), podCIDRs: [net("10.244.0.0/24"), net("fd00::/80")], vtepMAC: [2, 0, 0, 0, 0, 1]),
-        NodeInfo(name: "b", hostIP: ip("192.168.1.2"), podCIDRs: [net("10.244.1.0/24"), net("fd00:0:0:0:1::/80")], vtepMAC: [2, 0, 0, 0, 0, 2]),
-        NodeInfo(name: "c", hostIP: ip("192.168.1.3"), podCIDRs: [net("10.244.2.0/24")], vtepMAC: nil),
-    ]
-
-    @Test func nativeRoutesEachPeerRangeViaItsHostOfTheSameFamily() {
-        let s = desiredRouting(me: "a", nodes: nodes, mode: .native, uplink: "eth0")
-        #expect(s.routes == [DesiredRoute(destination: net("10.244.1.0/24"), gateway: ip("192.168.1.2"), device: "eth0"),
-                             DesiredRoute(destination: net("10.244.2.0/24"), gateway: ip("192.168.1.3"), device: "eth0")])
-        #expect(s.fdb.isEmpty && s.neighbors.isEmpty)
-    }
-
-    @Test func vxlanProgramsFDBNeighbourAndOnlinkRoutePerPeerRange() {
-        let s = desiredRouting(me: "a", nodes: nodes, mode: .vxlan, uplink: "eth0")
-        // c has not published its VTEP yet: nothing for it until it does.
-        #expect(s.fdb == [DesiredFDB(mac: [2, 0, 0, 0, 0, 2], remote: ip("192.168.1.2"))])
-        #expect(s.neighbors == [DesiredNeighbor(address: ip("10.244.1.0"), mac: [2, 0, 0, 0, 0, 2]),
-                                DesiredNeighbor(address: ip("fd00:0:0:0:1::"), mac: [2, 0, 0, 0, 0, 2])])
-        #expect(s.routes == [DesiredRoute(destination: net("10.244.1.0/24"), gateway: ip("10.244.1.0"), device: VXLAN.device, onLink: true),
-                             DesiredRoute(destination: net("fd00:0:0:0:1::/80"), gateway: ip("fd00:0:0:0:1::"), device: VXLAN.device, onLink: true)])
-    }
-
-    @Test func underlayNeedsNoRoutesAndNoPeerMeansNothing() {
-        #expect(desiredRouting(me: "a", nodes: nodes, mode: .underlay, uplink: "eth0") == RoutingState())
-        #expect(desiredRouting(me: "a", nodes: [nodes[0]], mode: .native, uplink: "eth0") == RoutingState())
     }
 }

@@ -1,4 +1,4 @@
-/// How pods on different nodes reach each other.
+/// How pods on different nodes reach each other; `backend` gives what each mode does.
 public enum RoutingMode: String, Sendable, CaseIterable {
     /// An overlay with its own ranges: one VXLAN device per node; per peer an FDB entry, a
     /// neighbour entry and a route.
@@ -23,7 +23,7 @@ public struct ClusterConfig: Sendable, Equatable {
     /// host uses; the node announcing an address answers ARP/NDP for it there.
     public var loadBalancerCIDRs: [IPNetwork]
 
-    public init(mode: RoutingMode, clusterCIDRs: [IPNetwork], blockPrefixV4: Int = 24, blockPrefixV6: Int = 80, vni: UInt32 = 4096, vxlanPort: UInt16 = 4789,
+    public init(mode: RoutingMode, clusterCIDRs: [IPNetwork], blockPrefixV4: Int = 24, blockPrefixV6: Int = 80, vni: UInt32 = VXLAN.defaultVNI, vxlanPort: UInt16 = VXLAN.defaultPort,
                 loadBalancerCIDRs: [IPNetwork] = []) {
         self.mode = mode; self.clusterCIDRs = clusterCIDRs; self.blockPrefixV4 = blockPrefixV4; self.blockPrefixV6 = blockPrefixV6
         self.vni = vni; self.vxlanPort = vxlanPort; self.loadBalancerCIDRs = loadBalancerCIDRs
@@ -53,23 +53,11 @@ public struct ClusterConfig: Sendable, Equatable {
         }
     }
 
-    /// Checks the cluster ranges against the host network a node sits on: in vxlan and native
-    /// mode pods need addresses no host uses (an overlap would route host traffic into pods);
-    /// in underlay mode pod addresses are taken from the host network, so the range must lie
-    /// inside it.
+    /// Checks the cluster ranges against the host network a node sits on, as the mode's
+    /// backend requires (vxlan and native: apart from it; underlay: inside it).
     public func check(hostNetwork host: IPNetwork, uplink: String) throws(ManifestError) {
         for c in clusterCIDRs where c.family == host.family {
-            let overlaps = c.contains(host.address) || host.contains(c.address)
-            switch mode {
-            case .vxlan, .native:
-                if overlaps {
-                    throw ManifestError("cluster range \(c) overlaps the host network \(host) (on \(uplink)); in \(mode.rawValue) mode pods need a range no host uses, e.g. 10.244.0.0/16, or use --mode underlay to give pods host-network addresses")
-                }
-            case .underlay:
-                if !(host.prefixLength <= c.prefixLength && host.contains(c.address)) {
-                    throw ManifestError("in underlay mode the cluster range must lie inside the host network \(host) (on \(uplink)), but \(c) does not; pick a part of \(host) that no host uses")
-                }
-            }
+            try backend.check(clusterRange: c, hostNetwork: host, uplink: uplink)
         }
     }
 
@@ -84,7 +72,7 @@ public struct ClusterConfig: Sendable, Equatable {
         guard let m = j["mode"]?.stringValue.flatMap(RoutingMode.init) else { return nil }
         self.init(mode: m, clusterCIDRs: (j["clusterCIDRs"]?.arrayValue ?? []).compactMap { $0.stringValue.flatMap(IPNetwork.init) },
                   blockPrefixV4: j["blockPrefixV4"]?.intValue ?? 24, blockPrefixV6: j["blockPrefixV6"]?.intValue ?? 80,
-                  vni: UInt32(j["vni"]?.intValue ?? 4096), vxlanPort: UInt16(j["vxlanPort"]?.intValue ?? 4789),
+                  vni: UInt32(j["vni"]?.intValue ?? Int(VXLAN.defaultVNI)), vxlanPort: UInt16(j["vxlanPort"]?.intValue ?? Int(VXLAN.defaultPort)),
                   loadBalancerCIDRs: (j["loadBalancerCIDRs"]?.arrayValue ?? []).compactMap { $0.stringValue.flatMap(IPNetwork.init) })
     }
 }
@@ -124,44 +112,24 @@ public struct DesiredNeighbor: Sendable, Hashable {
     public init(address: IPAddress, mac: [UInt8]) { self.address = address; self.mac = mac }
 }
 
-/// Everything one node must program to reach its live peers.
+/// Everything one node must program to reach its live peers, as its `RoutingBackend` says.
 public struct RoutingState: Sendable, Equatable {
     public var routes: Set<DesiredRoute> = []
     public var fdb: Set<DesiredFDB> = []
     public var neighbors: Set<DesiredNeighbor> = []
-    public init() {}
+    /// The device the FDB and neighbour entries belong to (the mode's own); nil: it has none.
+    public var device: String?
+    public init(device: String? = nil) { self.device = device }
 }
 
 public enum VXLAN {
     public static let device = "weft.vxlan"
-    /// Encapsulation overhead: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
-    public static let overheadV4 = 50
-    public static let overheadV6 = 70
+    public static let defaultVNI: UInt32 = 4096
+    public static let defaultPort: UInt16 = 4789
+    /// Encapsulation overhead: the outer IP header (20 bytes for IPv4, 40 for IPv6) + UDP (8) +
+    /// VXLAN (8) + the inner Ethernet header (14). By the host network's family: an IPv6 host
+    /// network costs 20 bytes more, and a pod MTU sized for IPv4 drops full-size packets there.
+    public static func overhead(over hostFamily: IPFamily) -> Int { hostFamily == .v4 ? 50 : 70 }
     /// A node's VXLAN address: the first address of its IPv4 (or IPv6) pod block, as flannel does.
     public static func tunnelAddress(_ block: IPNetwork) -> IPAddress { block.first }
-}
-
-/// Desired routes, FDB and neighbour entries for `me`, given the live peers. Pure: the agent
-/// diffs the result against the kernel.
-public func desiredRouting(me: String, nodes: [NodeInfo], mode: RoutingMode, uplink: String) -> RoutingState {
-    var s = RoutingState()
-    for peer in nodes where peer.name != me {
-        switch mode {
-        case .native:
-            for cidr in peer.podCIDRs where cidr.family == peer.hostIP.family {
-                s.routes.insert(DesiredRoute(destination: cidr, gateway: peer.hostIP, device: uplink))
-            }
-        case .vxlan:
-            guard let mac = peer.vtepMAC else { continue }
-            s.fdb.insert(DesiredFDB(mac: mac, remote: peer.hostIP))
-            for cidr in peer.podCIDRs {
-                let gw = VXLAN.tunnelAddress(cidr)
-                s.neighbors.insert(DesiredNeighbor(address: gw, mac: mac))
-                s.routes.insert(DesiredRoute(destination: cidr, gateway: gw, device: VXLAN.device, onLink: true))
-            }
-        case .underlay:
-            break // the pod range is on the host segment itself: proxy ARP, no routes
-        }
-    }
-    return s
 }

@@ -25,6 +25,8 @@ public struct NodeObservation: Sendable {
     public var configuredPodMTU: Int?
     /// Host ends of pods' veths (name → MTU).
     public var podInterfaceMTUs: [String: Int] = [:]
+    /// Every link of the node (name → MTU); nil: the links were not read.
+    public var linkMTUs: [String: Int]?
     /// weft's routes (protocol 87, main table).
     public var routes: [(destination: IPNetwork, gateway: IPAddress?, device: String)] = []
     /// sysctl path under /proc/sys (`net/ipv4/ip_forward`) → value; missing keys were unreadable.
@@ -43,7 +45,10 @@ public struct NodeObservation: Sendable {
 
 /// What the cluster's state says the node should hold.
 public struct NodeExpectation: Sendable {
-    public var mode: RoutingMode
+    /// The cluster's routing backend: the MTU, device and settings the node needs.
+    public var backend: any RoutingBackend
+    /// The family of the node's host address: what the encapsulation costs depends on it.
+    public var hostFamily: IPFamily
     public var routing: RoutingState
     /// Node names whose pod ranges the routes go to, for messages (range → node).
     public var rangeOwners: [IPNetwork: String] = [:]
@@ -55,7 +60,9 @@ public struct NodeExpectation: Sendable {
     public var leaseLive: Bool = true
     public var hasIPv6PodRange: Bool = false
 
-    public init(mode: RoutingMode, routing: RoutingState) { self.mode = mode; self.routing = routing }
+    public init(backend: any RoutingBackend, hostFamily: IPFamily, routing: RoutingState) {
+        self.backend = backend; self.hostFamily = hostFamily; self.routing = routing
+    }
 }
 
 public enum Doctor {
@@ -89,29 +96,13 @@ public enum Doctor {
             warn("agent", "the agent's /healthz on port 9464 does not answer", "the agent may be stuck or started with --metrics-port 0")
         }
 
-        // MTU: pods must not send more than the host network carries, minus encapsulation.
-        if let uplink = o.uplinkMTU {
-            let overhead = want.mode == .vxlan ? VXLAN.overheadV4 : 0
-            let fits = uplink - overhead
-            if let conf = o.configuredPodMTU, conf > fits {
-                add("mtu", "pods are given MTU \(conf) but \(o.uplink) carries \(uplink)\(overhead > 0 ? " − \(overhead) for VXLAN = \(fits)" : ""): full-size packets are dropped (TCP stalls after the handshake, small pings work)",
-                    "give \(o.uplink) its MTU back, or restart the agent (it writes the CNI config from the uplink's MTU) and recreate the pods")
-            }
-            let tooBig = o.podInterfaceMTUs.filter { $0.value > fits }.keys.sorted()
-            if !tooBig.isEmpty {
-                add("mtu", "\(tooBig.count) pod interface(s) have an MTU above \(fits) (\(tooBig.prefix(3).joined(separator: ", "))\(tooBig.count > 3 ? ", …" : "")): their large packets are dropped on the way out",
-                    "recreate those pods (or set their MTU to \(fits) on both veth ends)")
-            }
-        }
-        if let conf = o.configuredPodMTU {
-            let odd = o.podInterfaceMTUs.filter { $0.value != conf }.keys.sorted()
-            if !odd.isEmpty, !out.contains(where: { $0.check == "mtu" }) {
-                warn("mtu", "\(odd.count) pod interface(s) differ from the configured MTU \(conf) (\(odd.prefix(3).joined(separator: ", ")))",
-                    "pods made before an MTU change keep the old one: recreate them")
-            }
-        }
+        out += mtuFindings(o, want)
 
-        // Routes to peers.
+        // The mode's device, then routes to peers.
+        if let name = want.backend.deviceName, let links = o.linkMTUs, links[name] == nil {
+            add("routes", "\(name), the \(want.backend.mode.rawValue) device, is missing: this node's pods cannot reach other nodes' pods",
+                "restart the agent (it makes the device at start)")
+        }
         let have = Set(o.routes.map { "\($0.destination)|\($0.gateway?.description ?? "")|\($0.device)" })
         for r in want.routing.routes.sorted(by: { $0.destination.description < $1.destination.description }) {
             let key = "\(r.destination)|\(r.gateway?.description ?? "")|\(r.device)"
@@ -136,8 +127,14 @@ public enum Doctor {
         if want.hasIPv6PodRange, o.sysctls["net/ipv6/conf/all/forwarding"].map({ $0 != "1" }) ?? false {
             add("sysctl", "IPv6 forwarding is off: no IPv6 pod traffic leaves the node", "sysctl -w net.ipv6.conf.all.forwarding=1 (the agent sets it at start)")
         }
+        for s in want.backend.sysctls(uplink: o.uplink) {
+            guard let v = o.sysctls[s.key], v != s.value else { continue }
+            add("sysctl", "\(s.key) is \(v) but \(want.backend.mode.rawValue) mode needs \(s.value): \(s.why)",
+                "sysctl -w \(s.key)=\(s.value) (the agent sets it at start)")
+        }
         let all = Int(o.sysctls["net/ipv4/conf/all/rp_filter"] ?? "0") ?? 0
-        for dev in [o.uplink] + (want.mode == .vxlan ? [VXLAN.device] : []) {
+        let arrival = want.backend.arrivalDevice(uplink: o.uplink)
+        for dev in [o.uplink] + (arrival == o.uplink ? [] : [arrival]) {
             guard let v = o.sysctls["net/ipv4/conf/\(dev)/rp_filter"].flatMap({ Int($0) }) else { continue }
             if max(all, v) == 1 {
                 warn("sysctl", "strict reverse-path filtering on \(dev) (rp_filter 1) drops packets that arrive where the reply would not leave",
@@ -178,6 +175,46 @@ public enum Doctor {
             if !diffs.isEmpty {
                 add("drift", "table inet \(table) differs from what the agent means to hold: \(diffs.prefix(4).joined(separator: "; "))\(diffs.count > 4 ? "; …" : "") (changed by hand, or the agent is behind)",
                     "the agent rewrites the table at its next full resync (every 5 minutes) or restart; run `weft doctor` again in a few seconds to rule out a change in flight")
+            }
+        }
+        return out
+    }
+
+    /// MTU: pods must not send more than the host network carries, less the backend's
+    /// encapsulation over the host address's family; the mode's device must carry what pods send.
+    static func mtuFindings(_ o: NodeObservation, _ want: NodeExpectation) -> [Finding] {
+        var out: [Finding] = []
+        let n = o.node
+        func add(_ msg: String, _ fix: String, _ severity: Finding.Severity = .problem) {
+            out.append(Finding(node: n, check: "mtu", severity: severity, message: msg, fix: fix))
+        }
+        if let uplink = o.uplinkMTU {
+            let fits = want.backend.podMTU(uplinkMTU: uplink, hostFamily: want.hostFamily)
+            let carries = "\(o.uplink) carries \(uplink)\(fits == uplink ? "" : "\(want.backend.overheadText(hostFamily: want.hostFamily)) = \(fits)")"
+            if let conf = o.configuredPodMTU, conf > fits {
+                add("pods are given MTU \(conf) but \(carries): full-size packets are dropped (TCP stalls after the handshake, small pings work)",
+                    "give \(o.uplink) its MTU back, or restart the agent (it writes the CNI config from the uplink's MTU) and recreate the pods")
+            }
+            let tooBig = o.podInterfaceMTUs.filter { $0.value > fits }.keys.sorted()
+            if !tooBig.isEmpty {
+                add("\(tooBig.count) pod interface(s) have an MTU above \(fits) (\(tooBig.prefix(3).joined(separator: ", "))\(tooBig.count > 3 ? ", …" : "")): their large packets are dropped on the way out",
+                    "recreate those pods (or set their MTU to \(fits) on both veth ends)")
+            }
+            if let name = want.backend.deviceName, let dev = o.linkMTUs?[name] {
+                if dev > fits {
+                    add("\(name) has MTU \(dev) but \(carries): full-size packets between nodes are dropped once encapsulated",
+                        "restart the agent (it sets \(name)'s MTU from the uplink's), or `ip link set \(name) mtu \(fits)`")
+                } else if let conf = o.configuredPodMTU, conf > dev {
+                    add("pods are given MTU \(conf) but \(name) carries \(dev): full-size packets from pods to other nodes are dropped",
+                        "restart the agent (it writes \(name)'s MTU and the CNI config from the uplink's) and recreate the pods")
+                }
+            }
+        }
+        if let conf = o.configuredPodMTU, out.isEmpty { // a problem above explains these already
+            let odd = o.podInterfaceMTUs.filter { $0.value != conf }.keys.sorted()
+            if !odd.isEmpty {
+                add("\(odd.count) pod interface(s) differ from the configured MTU \(conf) (\(odd.prefix(3).joined(separator: ", ")))",
+                    "pods made before an MTU change keep the old one: recreate them", .warning)
             }
         }
         return out
