@@ -54,7 +54,7 @@ struct IPv6HostNetworkTests {
         }
 
         // A pod on each node, wired by the plugin from the agent's config.
-        var pods: [(ns: String, v4: String, v6: String)] = []
+        var pods: [(ns: String, v4: String, v6: String, mtu: Int)] = []
         for (i, n) in nodes.enumerated() {
             let pod = try lab.pod("pod\(i)")
             let r = try sh(["ip", "netns", "exec", n.ns, product("weft-cni")], stdin: plugins[i].serialized(), env: [
@@ -62,18 +62,20 @@ struct IPv6HostNetworkTests {
             try #require(r.status == 0, "ADD on \(n.ns): \(r.stdout)\(r.stderr)")
             let ips = addresses(r)
             let v4 = try #require(ips.first { !$0.contains(":") }), v6 = try #require(ips.first { $0.contains(":") })
-            #expect(try lab.inNS(pod, ["ip", "-j", "link", "show", "eth0"]).json?.arrayValue?.first?["mtu"]?.intValue == 1430)
-            pods.append((pod, v4, v6))
+            let mtu = try #require(try lab.inNS(pod, ["ip", "-j", "link", "show", "eth0"]).json?.arrayValue?.first?["mtu"]?.intValue)
+            #expect(mtu == 1430)
+            pods.append((pod, v4, v6, mtu))
         }
 
-        // The peers' routes over weft.vxlan, then full-size packets, not fragmented, both ways.
+        // The peers' routes over weft.vxlan, then full-size packets (the pod's own MTU), not
+        // fragmented, both ways.
         for (i, n) in nodes.enumerated() {
             let peerPod = pods[1 - i]
             let routed = eventually(30) { (try? lab.inNS(n.ns, ["ip", "route", "get", peerPod.v4]))?.stdout.contains("dev \(VXLAN.device)") == true }
             try #require(routed, "no route on \(n.ns) to \(peerPod.v4): \((try? Files.readString("\(n.dir)/agent.log")) ?? "")")
         }
         for (from, to) in [(0, 1), (1, 0)] {
-            for (address, payload) in [(pods[to].v4, 1430 - 28), (pods[to].v6, 1430 - 48)] {
+            for (address, payload) in [(pods[to].v4, pods[from].mtu - 28), (pods[to].v6, pods[from].mtu - 48)] {
                 let v6 = address.contains(":")
                 let r = try lab.inNS(pods[from].ns, ["ping", v6 ? "-6" : "-4", "-M", "do", "-s", "\(payload)", "-c", "3", "-i", "0.2", "-W", "2", address])
                 #expect(r.status == 0, "a \(payload + (v6 ? 48 : 28))-byte packet from pod\(from) to pod\(to) \(address): \(r.stdout)\(r.stderr)")
