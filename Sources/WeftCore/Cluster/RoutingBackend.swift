@@ -91,6 +91,19 @@ public struct RoutingPath: Sendable, Equatable {
 
 // MARK: the three modes
 
+/// A mode whose pod packets leave over the uplink as they are: no device of its own, no
+/// encapsulation, the block's addresses all the IPAM's.
+public protocol UplinkBackend: RoutingBackend {}
+
+extension UplinkBackend {
+    public var deviceName: String? { nil }
+    public func overhead(hostFamily: IPFamily) -> Int { 0 }
+    public func device(hostIP: IPAddress, uplinkMTU: Int) -> RoutingDevice? { nil }
+    public func deviceAddresses(blocks: [IPNetwork]) -> [IPInterfaceAddress] { [] }
+    public func podRangeStart(of block: IPNetwork) -> IPAddress? { nil }
+    public func arrivalDevice(uplink: String) -> String { uplink }
+}
+
 /// An overlay with its own ranges: one VXLAN device per node; per peer an FDB entry, a
 /// neighbour entry and a route via the peer's tunnel address.
 public struct VXLANBackend: RoutingBackend {
@@ -141,14 +154,9 @@ public struct VXLANBackend: RoutingBackend {
 }
 
 /// A route to each peer's pod range via the peer's host address (nodes share a segment).
-public struct NativeBackend: RoutingBackend {
+public struct NativeBackend: UplinkBackend {
     public init() {}
     public var mode: RoutingMode { .native }
-    public var deviceName: String? { nil }
-    public func overhead(hostFamily: IPFamily) -> Int { 0 }
-    public func device(hostIP: IPAddress, uplinkMTU: Int) -> RoutingDevice? { nil }
-    public func deviceAddresses(blocks: [IPNetwork]) -> [IPInterfaceAddress] { [] }
-    public func podRangeStart(of block: IPNetwork) -> IPAddress? { nil }
     public func sysctls(uplink: String) -> [SysctlSetting] { [] }
 
     public func desiredRouting(me: String, nodes: [NodeInfo], uplink: String) -> RoutingState {
@@ -166,8 +174,6 @@ public struct NativeBackend: RoutingBackend {
         try requireApart(clusterRange, from: host, uplink: uplink, mode: mode)
     }
 
-    public func arrivalDevice(uplink: String) -> String { uplink }
-
     public func path(to peer: NodeInfo, uplink: String) -> RoutingPath {
         RoutingPath(device: uplink, description: "native route to \(peer.name)'s pod range via \(peer.hostIP)")
     }
@@ -175,14 +181,9 @@ public struct NativeBackend: RoutingBackend {
 
 /// Pod addresses come from the host network's own range; nodes answer ARP for their pods
 /// (proxy ARP), so anything on the segment reaches a pod with no route and no encapsulation.
-public struct UnderlayBackend: RoutingBackend {
+public struct UnderlayBackend: UplinkBackend {
     public init() {}
     public var mode: RoutingMode { .underlay }
-    public var deviceName: String? { nil }
-    public func overhead(hostFamily: IPFamily) -> Int { 0 }
-    public func device(hostIP: IPAddress, uplinkMTU: Int) -> RoutingDevice? { nil }
-    public func deviceAddresses(blocks: [IPNetwork]) -> [IPInterfaceAddress] { [] }
-    public func podRangeStart(of block: IPNetwork) -> IPAddress? { nil }
 
     public func sysctls(uplink: String) -> [SysctlSetting] {
         // Answer ARP on the host segment for this node's pods, at once.
@@ -198,8 +199,6 @@ public struct UnderlayBackend: RoutingBackend {
             throw ManifestError("in underlay mode the cluster range must lie inside the host network \(host) (on \(uplink)), but \(c) does not; pick a part of \(host) that no host uses")
         }
     }
-
-    public func arrivalDevice(uplink: String) -> String { uplink }
 
     public func path(to peer: NodeInfo, uplink: String) -> RoutingPath {
         RoutingPath(device: uplink, description: "pod addresses on the host network: via \(peer.hostIP)")
