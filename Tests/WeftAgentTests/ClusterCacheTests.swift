@@ -176,7 +176,7 @@ struct ClusterCacheTests {
                 .first { $0.hasPrefix("weft_reconcile_duration_seconds_count") && $0.contains(#"loop="routes""#) }
             return line.flatMap { Int($0.split(separator: " ").last ?? "") } ?? 0
         }
-        try await withRunning(agent.cache, [{ try await agent.routeLoop(mode: .native) }]) {
+        try await withRunning(agent.cache, [{ try await agent.routeLoop(backend: RoutingMode.native.backend()) }]) {
             try await eventually("a route to n2") { try routes() == ["10.244.2.0/24 via 192.168.0.12"] }
             try await live("n3", "192.168.0.13", "10.244.3.0/24")
             try await eventually("a route to n3") { try routes() == ["10.244.2.0/24 via 192.168.0.12", "10.244.3.0/24 via 192.168.0.13"] }
