@@ -2,8 +2,14 @@
 import PackageDescription
 
 // Layering (dependencies point down):
-//   executables (weft, weft-cni, weft-bench) -> WeftCNI -> WeftOS / WeftOSFakes -> WeftCore
-// WeftCore is pure: no syscalls, no Foundation file or process APIs.
+//   executables (weft, weft-cni, weft-bench*) -> services (WeftLab, WeftAgent, WeftCNI, WeftDatastore)
+//     -> WeftOS / WeftOSFakes -> WeftCore
+// WeftCore is pure: no syscalls, no Foundation file or process APIs. It holds the desired-state
+// functions and the seams' protocols, among them `Dataplane` (services and policy, in Kubernetes'
+// terms); its nftables implementation (`NFTablesDataplane`) is in WeftAgent, over WeftOS's
+// libnftables and nf_tables netlink writers; its fake (`FakeDataplane`) in WeftOSFakes. WeftOS
+// still names the services' table operations (`NFTablesNetlink` takes `ServiceRules.TableOp`s)
+// until the typed nftables layer replaces them.
 let package = Package(
     name: "weft",
     platforms: [.macOS(.v14)],
@@ -76,7 +82,7 @@ let package = Package(
         .executableTarget(name: "weft-bench-cluster", dependencies: ["WeftCore", "WeftOS", "WeftLab", "WeftDatastore", .product(name: "ArgumentParser", package: "swift-argument-parser")], path: "bench/cluster"),
         .executableTarget(name: "weft-bench-services", dependencies: ["WeftCore", "WeftOS", "WeftAgent", "WeftDatastore"], path: "bench/services"),
         .testTarget(name: "WeftCoreTests", dependencies: ["WeftCore", "WeftOSFakes"]),
-        .testTarget(name: "WeftAgentTests", dependencies: ["WeftAgent", "WeftCore", "WeftOSFakes", .product(name: "Logging", package: "swift-log"),
+        .testTarget(name: "WeftAgentTests", dependencies: ["WeftAgent", "WeftCore", "WeftOS", "WeftOSFakes", .product(name: "Logging", package: "swift-log"),
                                                             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]),
         .testTarget(name: "WeftCNITests", dependencies: ["WeftCNI", "WeftCore", "WeftOSFakes"]),
         .testTarget(name: "WeftKernelTests", dependencies: ["WeftCore", "WeftOS"]),

@@ -46,6 +46,11 @@ final class AgentMetrics: Sendable {
         registry.makeGauge(descriptor: d("weft_routes_programmed", "Routes the agent keeps to peer nodes' pod ranges.")).set(Double(n))
     }
 
+    /// What a dataplane holds, per object it counts (nftables: per table).
+    func programmed(_ counts: [DataplaneCount]) {
+        for c in counts { nftables(table: c.name, rules: c.rules, elements: c.elements) }
+    }
+
     func nftables(table: String, rules: Int, elements: Int) {
         registry.makeGauge(descriptor: d("weft_nftables_rules_programmed", "Rules in the agent's nftables table, as last written, by table."), labels: [("table", table)]).set(Double(rules))
         registry.makeGauge(descriptor: d("weft_nftables_set_elements_programmed", "Elements of the sets and maps of the agent's nftables table, as last written, by table."), labels: [("table", table)]).set(Double(elements))

@@ -4,11 +4,10 @@ import WeftOS
 
 extension NodeAgent {
     /// What the metrics read by polling, every `period`: the CNI plugin's event log (from where
-    /// the last read ended), IPAM use, conntrack, the policy table's drop counters.
+    /// the last read ended), IPAM use, conntrack, the dataplane's drop counters.
     func collectMetrics(ranges: [IPRange], period: Duration = .seconds(2)) async {
         // Events from before this agent started were counted by its predecessor, if at all.
         var offset = (try? Files.read(config.cniEventLog).count) ?? 0
-        let nft = LibNFTables()
         while !Task.isCancelled {
             offset = readCNIEvents(from: offset)
             let held = Set(((try? Files.list(config.ipamDataDir + "/weft")) ?? []).compactMap(IPAddress.init))
@@ -19,10 +18,8 @@ extension NodeAgent {
                let count = Int(n.trimmingCharacters(in: .whitespacesAndNewlines)), let max = Int(m.trimmingCharacters(in: .whitespacesAndNewlines)) {
                 metrics.conntrack(entries: count, limit: max)
             }
-            if let counters = try? nft.counters(table: PolicyRules.table) {
-                for (name, reason) in [("denied-ingress", "policy-ingress"), ("denied-egress", "policy-egress"), ("spoofed", "spoofed")] {
-                    if let c = counters[name] { metrics.dropped(reason: reason, packets: c.packets) }
-                }
+            if let drops = try? dataplane.drops() {
+                for (reason, packets) in drops.sorted(by: { $0.key.rawValue < $1.key.rawValue }) { metrics.dropped(reason: reason.rawValue, packets: packets) }
             }
             try? await Task.sleep(for: period)
         }

@@ -56,13 +56,17 @@ public final class NodeAgent: Service, @unchecked Sendable {
     let flows: FlowRecorder
     /// Writes a sysctl of the node (only when it differs); replaced in tests without root.
     var ensureSysctl: (String, String) throws -> Void = { key, value in try Sysctl.ensure(key, value) }
+    /// Where services and policy are programmed, and what trace, doctor and metrics read.
+    let dataplane: any Dataplane
 
-    public init(config: AgentConfig, store: any Datastore, net: NetworkControl, servicesNet: NetworkControl, logger: Logger) {
+    /// - dataplane: nil: nftables in the agent's network namespace.
+    public init(config: AgentConfig, store: any Datastore, net: NetworkControl, servicesNet: NetworkControl, logger: Logger, dataplane: (any Dataplane)? = nil) {
         self.config = config; self.store = store; self.net = net; self.servicesNet = servicesNet; self.logger = logger
         flows = FlowRecorder(node: config.nodeName)
         let metrics = AgentMetrics()
         self.metrics = metrics
         cache = ClusterCache(store: store, logger: logger, metrics: metrics)
+        self.dataplane = dataplane ?? NFTablesDataplane(node: config.nodeName, logger: logger)
     }
 
     /// Runs until the caller's service group shuts down gracefully (SIGTERM/SIGINT: the
@@ -114,8 +118,8 @@ public final class NodeAgent: Service, @unchecked Sendable {
         let addresses = cluster.loadBalancerCIDRs.isEmpty ? nil
             : LoadBalancerAddresses(net: servicesNet, uplink: config.uplink, ranges: cluster.loadBalancerCIDRs, logger: logger)
         let services = ServiceProxy(cache: cache, logger: logger, node: config.nodeName, addresses: addresses, healthChecks: HealthCheckServer(logger: logger),
-                                    dns: dns, clusterDomain: domain, metrics: metrics, flows: flows)
-        let policy = PolicyEnforcer(cache: cache, logger: logger, node: config.nodeName, metrics: metrics, flows: flows)
+                                    dns: dns, clusterDomain: domain, dataplane: dataplane, metrics: metrics, flows: flows)
+        let policy = PolicyEnforcer(cache: cache, logger: logger, node: config.nodeName, dataplane: dataplane, metrics: metrics, flows: flows)
         let slices = EndpointSliceController(store: store, cache: cache, logger: logger, node: config.nodeName, leaseTTL: config.leaseTTL)
         func loop(_ name: String, restartAfter: Duration? = nil, _ body: @escaping @Sendable () async throws -> Void) -> AgentLoop {
             AgentLoop(name, restartAfter: restartAfter, logger: logger, body)
@@ -147,7 +151,8 @@ public final class NodeAgent: Service, @unchecked Sendable {
     func serveMetrics() async -> AgentHTTPServer? {
         guard let port = config.metricsPort else { return nil }
         do {
-            return try await AgentHTTPServer.bind(host: "0.0.0.0", port: port) { [metrics, flows] req in
+            return try await AgentHTTPServer.bind(host: "0.0.0.0", port: port) { [metrics, flows, dataplane] req in
+                if req.path == "/dataplane" || req.path.hasPrefix("/dataplane/") { return DataplaneEndpoint.respond(dataplane, req) }
                 switch req.path {
                 case "/metrics": return .init(contentType: "text/plain; version=0.0.4; charset=utf-8", body: metrics.text())
                 case "/flows":
@@ -161,7 +166,7 @@ public final class NodeAgent: Service, @unchecked Sendable {
                     let body = JSONValue.object([("next", .number(Double(next))), ("flows", .array(list.map(\.json)))]).serialized()
                     return .init(contentType: "application/json", body: Array(body.utf8))
                 case "/healthz": return .init(body: Array("ok\n".utf8))
-                default: return .init(status: .notFound, body: Array("not found; try /metrics, /flows or /healthz\n".utf8))
+                default: return .init(status: .notFound, body: Array("not found; try /metrics, /flows, /dataplane or /healthz\n".utf8))
                 }
             }
         } catch {

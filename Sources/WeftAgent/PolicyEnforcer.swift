@@ -5,11 +5,11 @@ import WeftCore
 import WeftOS
 
 /// The agent's NetworkPolicy enforcement: follows policies, pods, namespaces and the cluster
-/// DNS endpoints in the cluster cache, keeps the node's `inet weft-policy` table equal to what they describe (only
-/// the difference is written: a pod changing labels moves set elements), and explains each
-/// packet the table logs as denied: which pod, which peer, which port, and which policies
-/// isolate the pod without allowing it. Level-based like the service proxy; the whole table is
-/// rewritten at start, after a failed update and every `resyncSeconds`.
+/// DNS endpoints in the cluster cache, hands what they describe to the node's dataplane (which
+/// writes only the difference: a pod changing labels moves set elements), and explains each
+/// packet the dataplane logs as denied: which pod, which peer, which port, and which policies
+/// isolate the pod without allowing it. Level-based like the service proxy; the dataplane
+/// rewrites everything at start, after a failed write and every `resyncSeconds`.
 final class PolicyEnforcer: Sendable {
     let cache: ClusterCache
     let logger: Logger
@@ -22,10 +22,13 @@ final class PolicyEnforcer: Sendable {
     let parseCache = DesiredState.ParseCache()
     /// Told the pods (to name flows) and each denial (a dropped flow).
     let flows: FlowRecorder?
+    /// Where policy is programmed (nftables in the agent, a fake in tests).
+    let dataplane: any Dataplane
 
-    init(cache: ClusterCache, logger: Logger, node: String, resyncSeconds: Double = 300, metrics: AgentMetrics = AgentMetrics(), flows: FlowRecorder? = nil,
-         openLog: @escaping @Sendable () throws -> NFLog? = { try NFLog(group: PolicyRules.logGroup) }) {
-        self.cache = cache; self.logger = logger; self.node = node; self.resyncSeconds = resyncSeconds; self.metrics = metrics; self.flows = flows; self.openLog = openLog
+    init(cache: ClusterCache, logger: Logger, node: String, dataplane: any Dataplane, resyncSeconds: Double = 300, metrics: AgentMetrics = AgentMetrics(),
+         flows: FlowRecorder? = nil, openLog: @escaping @Sendable () throws -> NFLog? = { try NFLog(group: PolicyRules.logGroup) }) {
+        self.cache = cache; self.logger = logger; self.node = node; self.dataplane = dataplane; self.resyncSeconds = resyncSeconds; self.metrics = metrics
+        self.flows = flows; self.openLog = openLog
     }
 
     /// What the last pass read, for explaining logged packets.
@@ -54,40 +57,25 @@ final class PolicyEnforcer: Sendable {
     }
 
     private func apply(_ changes: ClusterCache.Subscription) async throws {
-        var table = TableWriter(resyncSeconds: resyncSeconds)
-        let nft = LibNFTables()
-        var applied: TableModel?   // what the last successful write left in the kernel
+        var resynced: ContinuousClock.Instant?   // the last whole write; nil: none yet
         while await changes.next() != nil {
             let started = ContinuousClock.now
             do {
                 let input = readInput()
                 state.withLock { $0 = input }
                 let meta: Logger.Metadata = ["policies": "\(input.policies.count)", "pods": "\(input.pods.count)"]
-                let want = PolicyRules.model(input, node: node)
-                let outcome = try table.write(update: {
-                    guard let have = applied else { return nil }
-                    switch TableModel.update(from: have, to: want) {
-                    case .none: return false
-                    case .full: return nil
-                    case .incremental(let update, let cleanup):
-                        if !update.isEmpty { try nft.run(update) }
-                        if !cleanup.isEmpty { try nft.run(cleanup) }
-                        return true
-                    }
-                }, replace: { try nft.run(want.fullScript) }, onIncrementalFailure: { error in
-                    logger.warning("incremental policy update failed; replacing the table", metadata: ["error": "\(error)"])
-                })
-                applied = want
+                let resync = resynced.map { started - $0 >= .milliseconds(Int(resyncSeconds * 1000)) } ?? true
+                // Whatever becomes of the write: a dataplane whose write failed writes whole next.
+                if resync { resynced = started }
+                let outcome = try dataplane.programPolicy(input, resync: resync)
                 metrics.reconciled("policy", took: ContinuousClock.now - started, failed: false)
-                metrics.nftables(table: PolicyRules.table, rules: want.chains.values.reduce(0) { $0 + $1.rules.count },
-                                 elements: want.sets.values.reduce(0) { $0 + $1.elements.count })
+                metrics.programmed(dataplane.counts(.policy))
                 switch outcome {
                 case .unchanged: break
                 case .updated: logger.info("network policies updated", metadata: meta)
                 case .replaced: logger.info("network policies programmed (full sync)", metadata: meta)
                 }
             } catch {
-                table.forget()
                 metrics.reconciled("policy", took: ContinuousClock.now - started, failed: true)
                 logger.error("programming network policies failed; retrying at the next change or resync", metadata: ["error": "\(error)"])
             }

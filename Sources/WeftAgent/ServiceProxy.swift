@@ -3,13 +3,12 @@ import WeftCore
 import WeftOS
 
 /// The agent's kube-proxy: follows Services and EndpointSlices (weft's own and any other
-/// controller's) in the cluster cache and keeps the node's services tables (`inet weft-services`
-/// and its shards, see `ServiceRules`) equal to what they describe. A copy of both kept from
-/// the watch (`ServiceSource`) hands each pass the services that changed (bursts coalesce);
-/// the model is updated with those and only the difference is written (a changed endpoint
-/// touches its service's chains and elements).
-/// At start, after a failed update, and every `resyncSeconds` the whole table is replaced in one transaction, which repairs any drift. Neither
-/// touches conntrack, so established connections keep their NAT across updates and agent
+/// controller's) in the cluster cache and keeps the node's dataplane holding what they
+/// describe. A copy of both kept from the cache (`ServiceSource`) hands each pass the services
+/// that changed (bursts coalesce), and only those are handed to the dataplane. At start and
+/// every `resyncSeconds` the dataplane is given every service, which repairs any drift. How the
+/// rules are written, and which conntrack entries a change leaves stale, is the dataplane's
+/// business (`Dataplane`); established connections keep their NAT across updates and agent
 /// restarts.
 struct ServiceProxy: Sendable {
     let cache: ClusterCache
@@ -22,8 +21,8 @@ struct ServiceProxy: Sendable {
     /// The node's resolver, given the zone each pass computes; nil when DNS is off.
     var dns: DNSServer?
     var clusterDomain: DNSName = "cluster.local"
-    /// Opens the node's conntrack table (a fake in tests).
-    var conntrack: @Sendable () throws -> ConntrackControl = { try Conntrack() }
+    /// Where the services are programmed (nftables in the agent, a fake in tests).
+    let dataplane: any Dataplane
     var resyncSeconds: Double = 300
     var metrics = AgentMetrics()
     /// Told the services' addresses, to name flows.
@@ -42,56 +41,34 @@ struct ServiceProxy: Sendable {
     }
 
     private func apply(_ changes: ClusterCache.Subscription, source: ServiceSource) async throws {
-        // The whole table through libnftables; changes as netlink batches, which need no cache
-        // of the table and so cost what they change (see `NFTablesNetlink`).
-        let nft = LibNFTables(), netlink = NFTablesNetlink()
-        var table = TableWriter(resyncSeconds: resyncSeconds)
-        // Updated in place each pass (a copy per pass would cost what the table holds).
-        var model = ServiceRules.Model(node: node)
-        // For stale conntrack entries: what each service changed since the last successful
-        // write had then (nil: it did not exist); nil before the first write.
-        var writtenBefore: [String: ServiceRules.Entry?]?
         // DNS and flow names follow every change, whether or not the rules could be written.
         var namesStale = true
+        // The last time the dataplane was given every service; nil: not yet.
+        var resynced: ContinuousClock.Instant?
         // Woken once the cache has listed all three prefixes, then with what changed.
         while let keys = await changes.next() {
             source.update(keys, from: cache)
             let started = ContinuousClock.now
+            let resync = resynced.map { started - $0 >= .milliseconds(Int(resyncSeconds * 1000)) } ?? true
             let delta = source.take { o in
                 logger.warning("skipping a service the datastore holds but weft cannot read", metadata: ["service": "\(o.namespace ?? "default")/\(o.name)"])
             }
-            if writtenBefore != nil {
-                for k in delta.changed.map(\.key) + delta.removed where writtenBefore?[k] == nil { writtenBefore?[k] = .some(delta.previous[k]) }
-            }
+            // The rules first: everything else in the pass can wait for them.
+            let all = resync ? source.entries : nil
             do {
-                // The rules first: everything else in the pass can wait for them.
-                let outcome = try table.write(update: {
-                    guard let change = model.update(changed: delta.changed, removed: delta.removed) else { return false }
-                    try netlink.apply(change.ops)
-                    return true
-                }, replace: {
-                    // Built afresh from every entry: a resync repairs the model too.
-                    model = ServiceRules.model(source.entries, node: node)
-                    try nft.run(ServiceRules.fullScript(model, replacing: try nft.tableNames()))
-                }, onIncrementalFailure: { error in
-                    logger.warning("incremental services update failed; replacing the table", metadata: ["error": "\(error)"])
-                })
-                // Only once the rules are in: stale UDP entries deleted before would be made
-                // again by the old rules, and a failed write must leave them for the next pass.
-                if let was = writtenBefore {
-                    clearStale(ServiceRules.staleConntrack(from: was.values.compactMap { $0 }, to: was.keys.compactMap { source.entry($0) }))
-                }
-                writtenBefore = [:]
+                // Whatever becomes of the write: the dataplane keeps what it is given and
+                // writes it whole at the next call if this one fails.
+                if resync { resynced = started }
+                let outcome = try dataplane.programServices(all.map { .all($0) } ?? .change(changed: delta.changed, removed: delta.removed))
                 metrics.reconciled("services", took: ContinuousClock.now - started, failed: false)
-                metrics.nftables(table: ServiceRules.frontTable, rules: model.ruleCount, elements: model.elementCount)
-                let meta: Logger.Metadata = ["services": "\(model.serviceCount)", "changed": "\(delta.changed.count + delta.removed.count)"]
+                metrics.programmed(dataplane.counts(.services))
+                let meta: Logger.Metadata = ["changed": "\(delta.changed.count + delta.removed.count)"]
                 switch outcome {
                 case .unchanged: break
                 case .updated: logger.info("services updated", metadata: meta)
-                case .replaced: logger.info("services programmed (full sync)", metadata: meta)
+                case .replaced: logger.info("services programmed (full sync)", metadata: meta.merging(["services": "\(all?.count ?? 0)"]) { a, _ in a })
                 }
             } catch {
-                table.forget()
                 metrics.reconciled("services", took: ContinuousClock.now - started, failed: true)
                 logger.error("programming services failed; retrying at the next change or resync", metadata: ["error": "\(error)"])
             }
@@ -116,25 +93,6 @@ struct ServiceProxy: Sendable {
             try addresses.reconcile(LoadBalancing.addresses(announcedBy: node, entries: entries, liveNodes: live))
         } catch {
             logger.error("reconciling load balancer addresses failed", metadata: ["error": "\(error)"])
-        }
-    }
-
-    /// Deletes the conntrack entries a change left stale (see `ServiceRules.staleConntrack`).
-    private func clearStale(_ stale: Set<StaleConntrack>) {
-        guard !stale.isEmpty else { return }
-        do {
-            let ct = try conntrack()
-            var deleted = 0
-            for s in stale {
-                let proto: ConntrackProtocol = s.proto == "SCTP" ? .sctp : (s.proto == "TCP" ? .tcp : .udp)
-                deleted += try ct.deleteEntries(matching: ConntrackFilter(family: s.family, proto: proto, originalDestination: s.destination,
-                                                                          originalDestinationPort: s.destinationPort, replySource: s.replySource,
-                                                                          replySourcePort: s.replySourcePort))
-            }
-            if deleted > 0 { logger.info("stale UDP conntrack entries deleted", metadata: ["entries": "\(deleted)"]) }
-        } catch {
-            logger.warning("deleting stale UDP conntrack entries failed; those clients keep their old endpoint until the entries time out",
-                           metadata: ["error": "\(error)"])
         }
     }
 }

@@ -1,23 +1,20 @@
-/// When to write a table whole and when to write only a change: the change when the kernel is
-/// known to hold what was last written, the whole table at first, after a failed write, when
-/// only that can make the change, and every `resync` (which repairs any drift). The caller
-/// says how to do each; neither touches conntrack.
-struct TableWriter {
-    enum Outcome { case unchanged, updated, replaced }
+import WeftCore
 
-    let resync: Duration
+/// When the nftables dataplane writes a table whole and when only a change: the change when the
+/// kernel is known to hold what was last written; the whole table at first, after a failed
+/// write, when only that can make the change, and when the caller asks (a resync, which
+/// repairs any drift). The caller says how to do each; neither touches conntrack.
+struct TableWriter {
     /// The kernel holds what was last written.
     private var inKernel = false
-    private var lastFull = ContinuousClock.now
 
-    init(resyncSeconds: Double) { resync = .milliseconds(Int(resyncSeconds * 1000)) }
-
+    /// - whole: write the whole table even if a change would do.
     /// - update: writes the change since the last write: false when there is none, nil when
     ///   only replacing the table can make it.
     /// - replace: writes the whole table.
     /// - onIncrementalFailure: told why an update failed before the table is replaced instead.
-    mutating func write(update: () throws -> Bool?, replace: () throws -> Void, onIncrementalFailure: (Error) -> Void) throws -> Outcome {
-        if inKernel, ContinuousClock.now - lastFull < resync {
+    mutating func write(whole: Bool = false, update: () throws -> Bool?, replace: () throws -> Void, onIncrementalFailure: (Error) -> Void) throws -> DataplaneWrite {
+        if inKernel, !whole {
             inKernel = false   // unknown until the update went through
             do {
                 if let changed = try update() {
@@ -31,7 +28,6 @@ struct TableWriter {
         inKernel = false
         try replace()
         inKernel = true
-        lastFull = ContinuousClock.now
         return .replaced
     }
 

@@ -238,7 +238,7 @@ struct ClusterCacheTests {
         try await Fixtures.put(store, try Fixtures.pod("web-0", ip: "10.244.0.5"), policy, try Fixtures.node("node0", ip: "192.168.0.10", cidr: "10.244.0.0/24"),
                                try Fixtures.object(#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"default","labels":{"team":"a"}}}"#))
         let cache = ClusterCache(store: store, logger: logger)
-        let enforcer = PolicyEnforcer(cache: cache, logger: logger, node: "node0", openLog: { nil })
+        let enforcer = PolicyEnforcer(cache: cache, logger: logger, node: "node0", dataplane: FakeDataplane(node: "node0"), openLog: { nil })
         let changes = cache.subscribe(DesiredState.policyPrefixes)
         try await withRunning(cache) {
             _ = await changes.next()

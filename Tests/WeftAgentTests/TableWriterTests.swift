@@ -1,8 +1,9 @@
 import Testing
+import WeftCore
 @testable import WeftAgent
 
 /// When the agent writes a table whole and when only the change: the whole table first, after
-/// any failure, when the change cannot be made incrementally, and once `resync` has passed.
+/// any failure, when the change cannot be made incrementally, and when the caller asks (a resync).
 struct TableWriterTests {
     struct Refused: Error {}
 
@@ -11,8 +12,8 @@ struct TableWriterTests {
         var log: [String] = []
     }
 
-    func write(_ w: inout TableWriter, _ calls: Calls, update: Bool?, updateFails: Bool = false, replaceFails: Bool = false) throws -> TableWriter.Outcome {
-        try w.write(update: {
+    func write(_ w: inout TableWriter, _ calls: Calls, update: Bool?, whole: Bool = false, updateFails: Bool = false, replaceFails: Bool = false) throws -> DataplaneWrite {
+        try w.write(whole: whole, update: {
             calls.log.append("update")
             if updateFails { throw Refused() }
             return update
@@ -23,7 +24,7 @@ struct TableWriterTests {
     }
 
     @Test func firstWholeThenChangesOnly() throws {
-        var w = TableWriter(resyncSeconds: 3600)
+        var w = TableWriter()
         let calls = Calls()
         #expect(try write(&w, calls, update: true) == .replaced)
         #expect(try write(&w, calls, update: true) == .updated)
@@ -32,7 +33,7 @@ struct TableWriterTests {
     }
 
     @Test func aRefusedChangeIsToldThenTheTableReplaced() throws {
-        var w = TableWriter(resyncSeconds: 3600)
+        var w = TableWriter()
         let calls = Calls()
         _ = try write(&w, calls, update: true)
         #expect(try write(&w, calls, update: true, updateFails: true) == .replaced)
@@ -42,7 +43,7 @@ struct TableWriterTests {
     }
 
     @Test func aChangeOnlyReplacingCanMakeReplaces() throws {
-        var w = TableWriter(resyncSeconds: 3600)
+        var w = TableWriter()
         let calls = Calls()
         _ = try write(&w, calls, update: true)
         #expect(try write(&w, calls, update: nil) == .replaced)
@@ -51,7 +52,7 @@ struct TableWriterTests {
 
     /// A failed replace leaves the kernel's state unknown: the next write is whole again.
     @Test func afterAFailedReplaceTheNextWriteIsWhole() throws {
-        var w = TableWriter(resyncSeconds: 3600)
+        var w = TableWriter()
         let calls = Calls()
         #expect(throws: Refused.self) { try write(&w, calls, update: true, replaceFails: true) }
         #expect(try write(&w, calls, update: true) == .replaced)
@@ -59,13 +60,12 @@ struct TableWriterTests {
     }
 
     @Test func forgetAndResyncReplace() throws {
-        var w = TableWriter(resyncSeconds: 3600)
+        var w = TableWriter()
         let calls = Calls()
         _ = try write(&w, calls, update: true)
         w.forget()
         #expect(try write(&w, calls, update: true) == .replaced)
-        var soon = TableWriter(resyncSeconds: 0)
-        _ = try write(&soon, calls, update: true)
-        #expect(try write(&soon, calls, update: true) == .replaced, "resync of 0 s: every write is whole")
+        #expect(try write(&w, calls, update: true, whole: true) == .replaced, "asked for the whole table (a resync)")
+        #expect(calls.log == ["replace", "replace", "replace"])
     }
 }
