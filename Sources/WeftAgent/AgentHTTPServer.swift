@@ -4,8 +4,9 @@ import NIOHTTP1
 import NIOPosix
 
 /// The agent's own HTTP endpoint (`--metrics-port`): `/metrics` for Prometheus, `/flows` for
-/// `weft observe`, `/healthz`. Plain HTTP/1.1, one response per request; handlers are quick
-/// reads of state kept up to date elsewhere.
+/// `weft observe`, `/dataplane` for `weft trace` and `weft doctor`, `/healthz`. Plain HTTP/1.1,
+/// one response per request; handlers are quick reads of state kept up to date elsewhere (the
+/// dataplane's answers read a few kernel objects, under its locks).
 final class AgentHTTPServer: Sendable {
     struct Request: Sendable {
         var path: String

@@ -254,7 +254,7 @@ public final class NFTablesDataplane: Dataplane {
     /// Rules per chain of each table, meant against the kernel's. The meant counts come from the
     /// whole script the dataplane would write now (so they follow any layout change).
     public func check() throws -> [DataplaneDrift] {
-        var want = services.withLock { s in s.given ? Doctor.ruleCounts(script: ServiceRules.fullScript(s.model)) : [:] }
+        var want = services.withLock { s in s.given ? Self.ruleCounts(script: ServiceRules.fullScript(s.model)) : [:] }
         if let p = policy.withLock({ $0.want }) { want[PolicyRules.table] = p.chains.mapValues(\.rules.count) }
         guard !want.isEmpty else { return [] }
         let tables = Array(want.keys)
@@ -276,6 +276,18 @@ public final class NFTablesDataplane: Dataplane {
             }
             for chain in have.keys.sorted() where wanted[chain] == nil { diffs.append("chain \(chain) is not weft's") }
             if !diffs.isEmpty { out.append(DataplaneDrift(object: "table inet \(table)", missing: false, differences: diffs)) }
+        }
+        return out
+    }
+
+    /// Rules per chain of a full nftables script (`add chain|rule FAMILY TABLE CHAIN …` lines):
+    /// table → chain → rule count.
+    static func ruleCounts(script: String) -> [String: [String: Int]] {
+        var out: [String: [String: Int]] = [:]
+        for line in script.split(separator: "\n") {
+            let f = line.split(separator: " ", maxSplits: 5)
+            if f.count >= 5, f[0] == "add", f[1] == "chain" { out[String(f[3]), default: [:]][String(f[4]), default: 0] += 0 }
+            if f.count >= 5, f[0] == "add", f[1] == "rule" { out[String(f[3]), default: [:]][String(f[4]), default: 0] += 1 }
         }
         return out
     }

@@ -47,4 +47,38 @@ public enum AgentClient {
         guard let answer, answer.status == 200, let j = try? JSONValue.parse(answer.body) else { return nil }
         return ((j["flows"]?.arrayValue ?? []).compactMap(Flow.init(json:)), UInt64(j["next"]?.intValue ?? Int(since)))
     }
+
+    /// What node `netns`'s dataplane answers at `path` (see the agent's `/dataplane`): nil when
+    /// the agent does not answer, else the status and the body.
+    static func dataplane(netns: String, _ path: String) throws -> (status: Int, body: [UInt8])? {
+        let ns = try NetworkNamespace(path: "/run/netns/\(netns)")
+        return try ns.run { () -> (status: Int, body: [UInt8])? in get(port: port, path: path) }
+    }
+
+    /// A new connection to `address`:`port` as node `netns`'s dataplane treats it: `.success(nil)`
+    /// when it has no such frontend, `.failure` with why when the agent cannot be asked.
+    static func serviceTrace(netns: String, address: IPAddress, port: UInt16, proto: String) -> Result<ServiceTrace?, LabError> {
+        answer(netns: netns, "/dataplane/service?address=\(address)&port=\(port)&protocol=\(proto)", ServiceTrace.init(json:))
+    }
+
+    static func policyTrace(netns: String, _ d: NetworkPolicy.Direction, pod: IPAddress, peer: IPAddress, port: UInt16?, proto: String) -> Result<PolicyTrace?, LabError> {
+        answer(netns: netns, "/dataplane/policy?direction=\(d.word)&pod=\(pod)&peer=\(peer)\(port.map { "&port=\($0)" } ?? "")&protocol=\(proto)", PolicyTrace.init(json:))
+    }
+
+    /// The differences node `netns`'s dataplane finds between what it means to hold and the kernel.
+    static func dataplaneDrift(netns: String) -> Result<[DataplaneDrift]?, LabError> {
+        answer(netns: netns, "/dataplane/check") { j in (j["drift"]?.arrayValue ?? []).compactMap(DataplaneDrift.init(json:)) }
+    }
+
+    /// 404: `.success(nil)` (no such frontend; an agent without the endpoint).
+    private static func answer<T>(netns: String, _ path: String, _ decode: (JSONValue) -> T?) -> Result<T?, LabError> {
+        let reply: (status: Int, body: [UInt8])?
+        do { reply = try dataplane(netns: netns, path) } catch { return .failure(LabError("cannot enter \(netns): \(error)")) }
+        guard let reply else { return .failure(LabError("its agent does not answer on port \(port)")) }
+        if reply.status == 404 { return .success(nil) }
+        guard reply.status == 200, let j = try? JSONValue.parse(reply.body), let v = decode(j) else {
+            return .failure(LabError("its agent answered \(reply.status): \(String(decoding: reply.body.prefix(200), as: UTF8.self))"))
+        }
+        return .success(v)
+    }
 }

@@ -18,8 +18,6 @@ public struct LabDoctor {
         let nodes = try await store.list(prefix: Keys.nodes).items.compactMap { (try? KubeObject(bytes: $0.value)).flatMap(NodeInfo.init) }
         let live = Set(try await store.list(prefix: Keys.nodeLeases).items.map { String($0.key.dropFirst(Keys.nodeLeases.count)) })
         let pods = try await store.list(prefix: Keys.pods).items.compactMap { try? KubeObject(bytes: $0.value) }
-        let entries = try await DesiredState.serviceEntries(store)
-        let (policyInput, _) = try await DesiredState.policyInput(store)
         var owners: [IPNetwork: String] = [:]
         for n in nodes { for r in n.podCIDRs { owners[r] = n.name } }
 
@@ -35,8 +33,6 @@ public struct LabDoctor {
             want.podAddresses = Set(pods.filter { $0.nodeName == node.name && $0.spec["hostNetwork"]?.boolValue != true }.flatMap { p in
                 (p.status["podIPs"]?.arrayValue ?? []).compactMap { $0["ip"]?.stringValue.flatMap(IPAddress.init) }
             })
-            want.tables = Doctor.ruleCounts(script: ServiceRules.fullScript(ServiceRules.model(entries, node: node.name)))
-            want.tables[PolicyRules.table] = PolicyRules.model(policyInput, node: node.name).chains.mapValues(\.rules.count)
             do {
                 findings += Doctor.check(try observe(node, backend: backend), want)
             } catch {
@@ -47,8 +43,8 @@ public struct LabDoctor {
         return findings
     }
 
-    /// Reads one node: links, routes, sysctls and nftables inside its namespace; its CNI config
-    /// and IPAM records from the lab's files.
+    /// Reads one node: links, routes and sysctls inside its namespace, what its dataplane finds
+    /// drifting (asked through its agent); its CNI config and IPAM records from the lab's files.
     func observe(_ node: LabState.Node, backend: any RoutingBackend) throws -> NodeObservation {
         var o = NodeObservation(node: node.name, uplink: uplink)
         let dir = "\(state.dir)/\(node.name)"
@@ -76,9 +72,14 @@ public struct LabDoctor {
             }
             o.conntrackCount = (try? Files.readString("/proc/sys/net/netfilter/nf_conntrack_count")).flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
             o.conntrackMax = (try? Files.readString("/proc/sys/net/netfilter/nf_conntrack_max")).flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
-            let nft = LibNFTables()
-            o.tables = try nft.ruleCounts(tables: ServiceRules.tables + [PolicyRules.table])
             o.agentAnswers = Self.healthz(port: AgentClient.port)
+        }
+        // An agent that does not answer is reported as such; its dataplane is then not judged.
+        if o.agentAnswers {
+            switch AgentClient.dataplaneDrift(netns: node.netns) {
+            case .success(let drift): o.dataplaneDrift = drift
+            case .failure(let why): o.dataplaneUnreadable = why.description
+            }
         }
         return o
     }

@@ -7,7 +7,8 @@ import WeftOS
 /// the policy verdicts naming the deciding policies, the node's routing decision, the
 /// encapsulation or native route, the peer node, the destination's veth — computed from the
 /// desired state and each hop checked against the live kernel (`ip route get` in the node's or
-/// pod's namespace, the policy and service tables' map elements), differences reported.
+/// pod's namespace; for services and policy, the node's dataplane, asked through its agent's
+/// `/dataplane` endpoint, which answers in its own terms), differences reported.
 public struct LabTrace {
     public struct Hop: Sendable {
         public var what: String
@@ -116,35 +117,16 @@ public struct LabTrace {
         var backendPod: PolicyPod?
         if case .pod(_, let p) = dst { backendPod = p }
         if case .service(let s) = dst {
-            guard let sp = s.ports.first(where: { $0.port == targetPort && $0.proto == proto }) else {
-                r.verdict = "service \(s.namespace)/\(s.name) has no \(proto) port \(targetPort.map(String.init) ?? "?")"
-                return r
-            }
-            let eps = entries.first { $0.service.namespace == s.namespace && $0.service.name == s.name }?.endpoints ?? []
-            var candidates = eps.filter { $0.address.family == family }.compactMap { ep in ep.port(for: sp).map { (ep, $0) } }
-            candidates = ServiceEndpoint.takingTraffic(candidates) { $0.0 }
-            if s.internalLocal { candidates = candidates.filter { $0.0.nodeName == srcNodeName } }
-            let key = "\(target) . \(proto.lowercased()) . \(sp.port)"
-            let element = nft(ns: srcNodeNS, "get element inet \(ServiceRules.table(for: s)) \(family == .v4 ? "service-ips" : "service-ips6") { \(key) }")
-            let noEndpoint = nft(ns: srcNodeNS, "get element inet \(ServiceRules.frontTable) \(family == .v4 ? "no-endpoint-services" : "no-endpoint-services6") { \(key) }")
-            let listed = candidates.map { "\($0.0.pod.isEmpty ? "" : $0.0.pod + " ")\($0.0.address):\($0.1)" }.joined(separator: ", ")
-            r.hops.append(Hop(what: "service \(s.namespace)/\(s.name) \(target):\(sp.port)/\(proto) on \(srcNodeName) (DNAT in inet \(ServiceRules.table(for: s)))",
-                              desired: candidates.isEmpty ? "no endpoint takes traffic: rejected" : "picks one of \(candidates.count) endpoint(s) at random\(s.affinityTimeout != nil ? " (ClientIP affinity)" : ""): \(listed)",
-                              live: element != nil ? "service-ips has \(key)" : (noEndpoint != nil ? "no-endpoint-services has \(key) (reject)" : "no element for \(key)"),
-                              agrees: candidates.isEmpty ? noEndpoint != nil : element != nil))
-            guard let first = candidates.first else { r.verdict = "rejected: the service has no endpoint taking traffic"; return r }
-            backend = first.0.address
-            backendPort = first.1
+            guard let first = serviceHop(s, target: target, port: targetPort, proto: proto, node: srcNodeName, nodeNS: srcNodeNS, entries: entries, into: &r) else { return r }
+            backend = first.address
+            backendPort = first.port
             backendPod = input.pods.first { $0.addresses.contains(backend) }
-            if candidates.count > 1 { r.hops[r.hops.count - 1].desired += "; traced: the first" }
         }
 
         // 3. Egress policy on the source node.
-        let egress = input.verdict(.egress, pod: srcPod, peer: backend, peerPod: backendPod, port: backendPort, proto: proto)
-        let egressMapped = nft(ns: srcNodeNS, "get element inet \(PolicyRules.table) egress-pods\(family == .v4 ? "4" : "6") { \(srcIP) }") != nil
+        let egress = policyTrace(node: srcNodeName, ns: srcNodeNS, .egress, pod: srcIP, peer: backend, port: backendPort, proto: proto, input: input)
         r.hops.append(Hop(what: "egress policy on \(srcNodeName)", desired: describe(egress, "egress from \(srcPod.namespace)/\(srcPod.name)"),
-                          live: egressMapped ? "\(srcIP) is in egress-pods (isolated)" : "\(srcIP) is not in egress-pods (not isolated)",
-                          agrees: egressMapped == !egress.isolatedBy.isEmpty))
+                          live: egress.live?.text, agrees: egress.live?.agrees ?? true))
         if !egress.allowed { r.verdict = "dropped on \(srcNodeName): no egress policy allows it (isolated by \(egress.isolatedBy.joined(separator: ", ")))"; return r }
 
         // 4. The source node's routing decision.
@@ -181,11 +163,9 @@ public struct LabTrace {
                 r.hops.append(Hop(what: "arrives at \(dstNodeName) (\(dstNode.hostIP)) on \(iif)", desired: "route to the destination pod's veth",
                                   live: arrive.map { "\(backend) dev \($0.dev)" } ?? "no route", agrees: arrive.map { isPodVeth($0.dev, routing) } ?? false))
             }
-            let ingress = input.verdict(.ingress, pod: backendPod, peer: srcIP, peerPod: srcPod, port: backendPort, proto: proto)
-            let ingressMapped = nft(ns: dstNodeNS, "get element inet \(PolicyRules.table) ingress-pods\(family == .v4 ? "4" : "6") { \(backend) }") != nil
+            let ingress = policyTrace(node: dstNodeName, ns: dstNodeNS, .ingress, pod: backend, peer: srcIP, port: backendPort, proto: proto, input: input)
             r.hops.append(Hop(what: "ingress policy on \(dstNodeName)", desired: describe(ingress, "ingress to \(backendPod.namespace)/\(backendPod.name)"),
-                              live: ingressMapped ? "\(backend) is in ingress-pods (isolated)" : "\(backend) is not in ingress-pods (not isolated)",
-                              agrees: ingressMapped == !ingress.isolatedBy.isEmpty))
+                              live: ingress.live?.text, agrees: ingress.live?.agrees ?? true))
             if !ingress.allowed { r.verdict = "dropped on \(dstNodeName): no ingress policy allows it (isolated by \(ingress.isolatedBy.joined(separator: ", ")))"; return r }
             r.hops.append(Hop(what: "destination pod \(backendPod.namespace)/\(backendPod.name) \(backend)\(backendPort.map { ":\($0)/\(proto)" } ?? "")", desired: "delivered"))
             r.verdict = "delivered to \(backendPod.namespace)/\(backendPod.name)\(r.differences > 0 ? " (as desired; the kernel differs, see above)" : "")"
@@ -198,7 +178,66 @@ public struct LabTrace {
         return r
     }
 
-    func describe(_ v: PolicyRules.Input.Verdict, _ what: String) -> String {
+    /// The service hop: what the source node's dataplane does with a new connection to the
+    /// service's `target`; the backend traced (the first it may pick), or nil with the verdict set.
+    func serviceHop(_ s: ClusterService, target: IPAddress, port targetPort: UInt16?, proto: String, node srcNodeName: String, nodeNS srcNodeNS: String,
+                    entries: [ServiceRules.Entry], into r: inout Result) -> ServiceBackend? {
+        guard let sp = s.ports.first(where: { $0.port == targetPort && $0.proto == proto }) else {
+            r.verdict = "service \(s.namespace)/\(s.name) has no \(proto) port \(targetPort.map(String.init) ?? "?")"
+            return nil
+        }
+        // The source node's dataplane says what it does with the connection; without its
+        // agent, the desired state from the datastore says what it should do.
+        let asked = AgentClient.serviceTrace(netns: srcNodeNS, address: target, port: sp.port, proto: proto)
+        let trace: ServiceTrace
+        switch asked {
+        case .success(let t?): trace = t
+        case .success(nil):
+            r.verdict = "\(srcNodeName)'s dataplane has no frontend for \(target):\(sp.port)/\(proto) (the agent has not programmed the service yet?)"
+            return nil
+        case .failure(let why):
+            guard let f = DataplaneView.frontend(entries, node: srcNodeName, address: target, port: sp.port, proto: proto) else {
+                r.verdict = "service \(s.namespace)/\(s.name) has no frontend at \(target):\(sp.port)/\(proto)"
+                return nil
+            }
+            trace = ServiceTrace(frontend: f, live: DataplaneLive(text: "not asked (\(srcNodeName): \(why))", agrees: false))
+        }
+        let f = trace.frontend
+        var backends: [ServiceBackend] = []
+        let desired: String
+        switch f.action {
+        case .forward(let b):
+            backends = b
+            let listed = b.map { "\($0.pod.isEmpty ? "" : $0.pod + " ")\($0.address):\($0.port)" }.joined(separator: ", ")
+            desired = "picks one of \(b.count) endpoint(s) at random\(f.affinitySeconds != nil ? " (ClientIP affinity)" : ""): \(listed)"
+        case .reject: desired = "no endpoint takes traffic: rejected"
+        case .drop: desired = "traffic policy Local and no endpoint on \(srcNodeName): dropped"
+        }
+        r.hops.append(Hop(what: "service \(s.namespace)/\(s.name) \(target):\(sp.port)/\(proto) on \(srcNodeName)\(trace.place.map { " (\($0))" } ?? "")",
+                          desired: desired, live: trace.live?.text, agrees: trace.live?.agrees ?? true))
+        guard let first = backends.first else {
+            r.verdict = f.action == .drop ? "dropped on \(srcNodeName): traffic policy Local and no endpoint on the node"
+                : "rejected: the service has no endpoint taking traffic"
+            return nil
+        }
+        if backends.count > 1 { r.hops[r.hops.count - 1].desired += "; traced: the first" }
+        return first
+    }
+
+    /// The node's dataplane's verdict; without its agent, the datastore's (and the difference said).
+    func policyTrace(node: String, ns: String, _ d: NetworkPolicy.Direction, pod: IPAddress, peer: IPAddress, port: UInt16?, proto: String,
+                     input: PolicyRules.Input) -> PolicyTrace {
+        switch AgentClient.policyTrace(netns: ns, d, pod: pod, peer: peer, port: port, proto: proto) {
+        case .success(let t?): return t
+        case let other:
+            var t = DataplaneView.policyTrace(input, node: node, d, pod: pod, peer: peer, port: port, proto: proto)
+            let why = if case .failure(let e) = other { e.description } else { "its agent has no /dataplane endpoint" }
+            t.live = DataplaneLive(text: "not asked (\(node): \(why))", agrees: false)
+            return t
+        }
+    }
+
+    func describe(_ v: PolicyTrace, _ what: String) -> String {
         if v.isolatedBy.isEmpty { return "\(what): no policy selects the pod in this direction: allowed" }
         if v.allowed { return "\(what): allowed by \(v.allowedBy.joined(separator: ", ")) (isolated by \(v.isolatedBy.joined(separator: ", ")))" }
         return "\(what): DENIED — isolated by \(v.isolatedBy.joined(separator: ", ")), no rule of theirs allows it"
@@ -221,12 +260,5 @@ public struct LabTrace {
         guard let out = try? Subprocess.run("/usr/sbin/ip", arguments: args, environment: ["PATH": "/usr/sbin:/usr/bin"], stdin: []), out.status == 0,
               let j = try? JSONValue.parse(out.stdout), let first = j.arrayValue?.first else { return nil }
         return RouteAnswer(dev: first["dev"]?.stringValue ?? "?", gateway: first["gateway"]?.stringValue, type: first["type"]?.stringValue ?? "unicast")
-    }
-
-    /// Runs one nft command in a namespace; its output, nil when it failed (e.g. no such element).
-    func nft(ns: String, _ command: String) -> String? {
-        guard let out = try? Subprocess.run("/usr/sbin/ip", arguments: ["netns", "exec", ns, "nft"] + command.split(separator: " ").map(String.init),
-                                            environment: ["PATH": "/usr/sbin:/usr/bin"], stdin: []), out.status == 0 else { return nil }
-        return String(decoding: out.stdout, as: UTF8.self)
     }
 }

@@ -149,11 +149,24 @@ import WeftOSFakes
     final class RecordingKernel: NFTablesKernel, NFTablesOpsWriter, @unchecked Sendable {
         var log: [String] = []
         func run(_ script: String) throws(NFTablesError) {
-            if script.hasPrefix("get element") { throw NFTablesError(message: "no kernel") }
+            if script.hasPrefix("get element") {
+                // "get element inet TABLE MAP { KEY }": the map and key
+                guard elements.contains(String(script.split(separator: " ", maxSplits: 4)[4])) else { throw NFTablesError(message: "no such element") }
+                return
+            }
             log.append(script)
         }
         func tableNames() throws(NFTablesError) -> [String] { [] }
-        func ruleCounts(tables: [String]) throws(NFTablesError) -> [String: [String: Int]] { [:] }
+        /// What the kernel lists: every table the whole scripts wrote, then `tamper` (a hand edit).
+        var tamper: (inout [String: [String: Int]]) -> Void = { _ in }
+        /// Elements `get element` finds ("map key"); others are missing.
+        var elements: Set<String> = []
+        func ruleCounts(tables: [String]) throws(NFTablesError) -> [String: [String: Int]] {
+            var out: [String: [String: Int]] = [:]
+            for script in log where !script.hasPrefix("#") { out.merge(NFTablesDataplane.ruleCounts(script: script)) { _, b in b } }
+            tamper(&out)
+            return out.filter { tables.contains($0.key) }
+        }
         func counters(table: String) throws(NFTablesError) -> [String: (packets: UInt64, bytes: UInt64)] { [:] }
         func apply(_ ops: [ServiceRules.TableOp]) throws(NFTablesError) { log.append("# netlink batch\n" + ops.map(\.text).joined()) }
     }
@@ -228,6 +241,35 @@ import WeftOSFakes
         try Self.expectGolden(kernel.log.joined(separator: "\n"), "policy.nft")
         #expect(nft.dump() == dataplane.dump(), "the nftables dataplane's logical dump is the fake's")
         #expect(nft.counts(.policy).first?.name == PolicyRules.table)
+    }
+
+    @Test("nftables: doctor's drift and trace's kernel side come from the dataplane, which alone knows its tables, maps and keys")
+    func nftablesObserved() async throws {
+        let store = MemoryDatastore()
+        try await Self.put(store, try Self.servicesManifests() + Self.policyManifests())
+        let kernel = RecordingKernel()
+        let dataplane = NFTablesDataplane(node: "node0", logger: Self.logger, kernel: { kernel }, netlink: { kernel }, conntrack: { throw NFTablesError(message: "none") })
+        #expect(try dataplane.check().isEmpty, "nothing programmed, nothing to compare")
+        try dataplane.programServices(.all(try await DesiredState.serviceEntries(store)))
+        try dataplane.programPolicy(try await DesiredState.policyInput(store).0, resync: false)
+        #expect(try dataplane.check().isEmpty, "the kernel holds what was written")
+        kernel.tamper = { t in t["weft-policy"]!["antispoof"]! -= 1; t["weft-services-3"] = nil }
+        #expect(try dataplane.check() == [DataplaneDrift(object: "table inet weft-policy", missing: false, differences: ["chain antispoof: 3 rule(s), 4 meant"]),
+                                          DataplaneDrift(object: "table inet weft-services-3", missing: true)])
+
+        // web's VIP: the kernel has its element in the shard, so the trace agrees; drain's is missing.
+        let web = try #require(dataplane.traceService(address: IPAddress("10.96.0.10")!, port: 80, proto: "TCP"))
+        let shard = try #require(web.place?.split(separator: " ").last)
+        kernel.elements = ["service-ips { 10.96.0.10 . tcp . 80 }", "no-endpoint-services { 10.96.0.15 . tcp . 80 }", "ingress-pods4 { 10.244.0.21 }"]
+        let webAgain = try #require(dataplane.traceService(address: IPAddress("10.96.0.10")!, port: 80, proto: "TCP"))
+        #expect(webAgain.live == DataplaneLive(text: "service-ips has 10.96.0.10 . tcp . 80", agrees: true) && shard.hasPrefix("weft-services-"))
+        #expect(dataplane.traceService(address: IPAddress("10.96.0.13")!, port: 53, proto: "UDP")?.live?.agrees == false)
+        #expect(dataplane.traceService(address: IPAddress("10.96.0.15")!, port: 80, proto: "TCP")?.live == DataplaneLive(text: "no-endpoint-services has 10.96.0.15 . tcp . 80 (reject)", agrees: true))
+        #expect(dataplane.traceService(address: IPAddress("10.96.0.10")!, port: 81, proto: "TCP") == nil)
+        let b = IPAddress("10.244.0.21")!, a = IPAddress("10.244.0.20")!
+        #expect(dataplane.tracePolicy(.ingress, pod: b, peer: a, port: 80, proto: "TCP").live == DataplaneLive(text: "10.244.0.21 is in ingress-pods (isolated)", agrees: true))
+        #expect(dataplane.tracePolicy(.ingress, pod: a, peer: b, port: 80, proto: "TCP").live == DataplaneLive(text: "10.244.0.20 is not in ingress-pods (not isolated)", agrees: false),
+                "a is isolated by deny-all, but the kernel's map lacks it")
     }
 
     // MARK: the agent's endpoint

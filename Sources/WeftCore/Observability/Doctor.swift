@@ -35,8 +35,11 @@ public struct NodeObservation: Sendable {
     public var ipamHeld: Set<IPAddress> = []
     public var conntrackCount: Int?
     public var conntrackMax: Int?
-    /// table → chain → rule count; a table missing from the kernel is absent.
-    public var tables: [String: [String: Int]] = [:]
+    /// What the node's dataplane finds differing between what it means to hold and the kernel
+    /// (`Dataplane.check`); nil when it could not be asked.
+    public var dataplaneDrift: [DataplaneDrift]?
+    /// Why the dataplane could not be asked, when the agent answers but its dataplane does not.
+    public var dataplaneUnreadable: String?
     /// The agent's /healthz answered.
     public var agentAnswers: Bool = true
 
@@ -54,8 +57,6 @@ public struct NodeExpectation: Sendable {
     public var rangeOwners: [IPNetwork: String] = [:]
     /// Addresses of the pods the datastore places on this node.
     public var podAddresses: Set<IPAddress> = []
-    /// table → chain → rule count, as the agent would write them.
-    public var tables: [String: [String: Int]] = [:]
     /// The node holds a live lease (its agent is registered).
     public var leaseLive: Bool = true
     public var hasIPv6PodRange: Bool = false
@@ -66,18 +67,6 @@ public struct NodeExpectation: Sendable {
 }
 
 public enum Doctor {
-    /// Rules per chain of a full nftables script (`add rule FAMILY TABLE CHAIN …` lines).
-    /// Table → chain → rule count.
-    public static func ruleCounts(script: String) -> [String: [String: Int]] {
-        var out: [String: [String: Int]] = [:]
-        for line in script.split(separator: "\n") {
-            let f = line.split(separator: " ", maxSplits: 5)
-            if f.count >= 5, f[0] == "add", f[1] == "chain" { out[String(f[3]), default: [:]][String(f[4]), default: 0] += 0 }
-            if f.count >= 5, f[0] == "add", f[1] == "rule" { out[String(f[3]), default: [:]][String(f[4]), default: 0] += 1 }
-        }
-        return out
-    }
-
     public static func check(_ o: NodeObservation, _ want: NodeExpectation) -> [Finding] {
         var out: [Finding] = []
         let n = o.node
@@ -160,21 +149,16 @@ public enum Doctor {
                 "raise net.netfilter.nf_conntrack_max, or find the client opening connections without end")
         }
 
-        // Drift between what the agent would write and what the kernel holds.
-        for table in want.tables.keys.sorted() {
-            let wanted = want.tables[table]!
-            guard let kernel = o.tables[table] else {
-                add("drift", "table inet \(table) is missing from the kernel", "restart the agent (it writes the whole table at start)")
-                continue
-            }
-            var diffs: [String] = []
-            for chain in wanted.keys.sorted() where kernel[chain] != wanted[chain] {
-                diffs.append(kernel[chain] == nil ? "chain \(chain) missing" : "chain \(chain): \(kernel[chain]!) rule(s), \(wanted[chain]!) meant")
-            }
-            for chain in kernel.keys.sorted() where wanted[chain] == nil { diffs.append("chain \(chain) is not weft's") }
-            if !diffs.isEmpty {
-                add("drift", "table inet \(table) differs from what the agent means to hold: \(diffs.prefix(4).joined(separator: "; "))\(diffs.count > 4 ? "; …" : "") (changed by hand, or the agent is behind)",
-                    "the agent rewrites the table at its next full resync (every 5 minutes) or restart; run `weft doctor` again in a few seconds to rule out a change in flight")
+        // Drift between what the agent's dataplane means to hold and what the kernel holds.
+        if let why = o.dataplaneUnreadable {
+            warn("drift", "the agent's dataplane could not be compared with the kernel: \(why)", "look at the agent's log; `weft doctor` again once it answers")
+        }
+        for d in o.dataplaneDrift ?? [] {
+            if d.missing {
+                add("drift", "\(d.object) is missing from the kernel", "restart the agent (it writes the whole dataplane at start)")
+            } else {
+                add("drift", "\(d.object) differs from what the agent means to hold: \(d.differences.prefix(4).joined(separator: "; "))\(d.differences.count > 4 ? "; …" : "") (changed by hand, or a write failed)",
+                    "the agent rewrites it at its next full resync (every 5 minutes) or restart; run `weft doctor` again in a few seconds to rule out a change in flight")
             }
         }
         return out
