@@ -148,11 +148,12 @@ public final class NodeRuntime: Service, @unchecked Sendable {
         try writeResolvConf(pod, netns: netns)
         let result = try cni(.add, id: id, netns: netns, pod: pod)
         try Files.writeAtomically("\(config.cacheDir)/\(id).json", Array(result.serialized().utf8))
-        // The test server, like agnhost: answers with the pod's name and the client's address.
+        // The test server, like agnhost: HTTP naming the pod and the client, or the raw greeting.
         var ports = Set(pod.containerPorts.map(\.port))
         if ports.isEmpty { ports = [8080] }
         for port in ports.sorted() {
-            try spawnDetached(["ip", "netns", "exec", netns, config.weftBinary, "serve", "--name", pod.name, "--tcp", "\(port)", "--udp", "\(port)"])
+            try spawnDetached(["ip", "netns", "exec", netns, config.weftBinary, "serve", "--name", pod.name, "--namespace", pod.namespace ?? "default",
+                               "--tcp", "\(port)", "--udp", "\(port)"])
         }
         return result
     }

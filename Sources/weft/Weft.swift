@@ -31,13 +31,30 @@ struct Demo: ParsableCommand {
 }
 
 struct Serve: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Answer every TCP connection and UDP datagram with NAME and the client's address.")
-    @Option(help: "The name to answer with.") var name = "weft"
+    static let configuration = CommandConfiguration(
+        abstract: "The pods' test server: HTTP for clients that send a request, NAME and the client's address for the rest.",
+        discussion: """
+        TCP: a client that sends an HTTP request gets HTTP/1.1 (keep-alive; HTTP/1.0 and \
+        Connection: close are answered and closed): /hostname, /clientip, /echo?msg=TEXT, and \
+        for any other path a JSON echo of the request (pod, namespace, path, method, host, proto, \
+        headers, clientAddress, clientPort). A client that sends nothing for a second, or \
+        anything that is not HTTP, gets "NAME CLIENT-ADDRESS" and then its bytes echoed until it \
+        closes. UDP: every datagram is answered with "NAME CLIENT-ADDRESS".
+        """)
+    @Option(help: "The name to answer with (the pod's).") var name = "weft"
+    @Option(help: "The namespace the HTTP echo names (the pod's).") var namespace = "default"
     @Option(help: "TCP port.") var tcp: UInt16?
     @Option(help: "UDP port.") var udp: UInt16?
 
-    func run() throws {
+    func validate() throws {
         guard tcp != nil || udp != nil else { throw ValidationError("give --tcp PORT and/or --udp PORT") }
+        // Both go out in header values and the greeting's "NAME ADDRESS" line.
+        for (option, value) in [("--name", name), ("--namespace", namespace)] where value.isEmpty || value.unicodeScalars.contains(where: { $0.value <= 0x20 || $0.value == 0x7f }) {
+            throw ValidationError("\(option) \"\(value)\" must be non-empty, without spaces or control characters")
+        }
+    }
+
+    func run() throws {
         if let udp, let tcp {
             let name = self.name
             var t = pthread_t()
@@ -47,9 +64,9 @@ struct Serve: ParsableCommand {
                 return nil
             }, UnsafeMutableRawPointer(bitPattern: Int(udp)))
             ProcessInfoName.value = name
-            try EchoServer.serveTCP(port: tcp, name: name)
+            try EchoServer.serveTCP(port: tcp, name: name, namespace: namespace)
         }
-        if let tcp { try EchoServer.serveTCP(port: tcp, name: name) }
+        if let tcp { try EchoServer.serveTCP(port: tcp, name: name, namespace: namespace) }
         if let udp { try EchoServer.serveUDP(port: udp, name: name) }
     }
 }
@@ -58,7 +75,9 @@ struct Serve: ParsableCommand {
 enum ProcessInfoName { nonisolated(unsafe) static var value = "weft" }
 
 struct Probe: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Connect to ADDRESS:PORT and print the answer of a `weft serve`.")
+    static let configuration = CommandConfiguration(
+        abstract: "Connect to ADDRESS:PORT and print the answer of a `weft serve`.",
+        discussion: "TCP: sends a newline (not HTTP, so the server greets at once) and prints the greeting line.")
     @Argument(help: "ADDRESS:PORT, IPv6 as [ADDRESS]:PORT.") var target: String
     @Flag(help: "Use UDP instead of TCP.") var udp = false
     @Option(help: "Timeout in milliseconds.") var timeout: Int32 = 2000

@@ -102,6 +102,18 @@ struct ServicesTests {
         let fromPod = try answers(lab.podNS("default", "client"), "\(vip):80")
         #expect(Set(fromPod.map { $0.split(separator: " ")[0] }) == ["web-a", "web-b"], "load-balanced over both nodes: \(fromPod)")
         #expect(fromPod.allSatisfy { $0.hasSuffix(" \(clientIP)") }, "pod-to-service keeps the source address: \(fromPod)")
+        // HTTP through the ClusterIP and a NodePort, from curl and from an HTTP/1.0 client that
+        // reads to the end: the backend's answer names it and the client's own address.
+        let viaCurl = try sh(["ip", "netns", "exec", lab.podNS("default", "client"), "curl", "-s", "-m", "5", "http://\(vip)/"])
+        let echo = try #require(viaCurl.json, "curl through the ClusterIP: \(viaCurl.stdout)\(viaCurl.stderr)")
+        #expect(["web-a", "web-b"].contains(echo["pod"]?.stringValue ?? "") && echo["namespace"]?.stringValue == "default"
+                && echo["clientAddress"]?.stringValue == clientIP, "\(echo.serialized())")
+        let readToEnd = try (0..<6).map { _ in try exchange(in: lab.podNS("default", "client"), vip, 80, send: "GET /hostname HTTP/1.0\r\n\r\n") }
+        #expect(readToEnd.allSatisfy { $0.closed && $0.text.hasPrefix("HTTP/1.0 200 OK\r\n") && $0.text.contains("X-Weft-Client: \(clientIP):") },
+                "HTTP/1.0 through the ClusterIP: \(readToEnd.map(\.text))")
+        #expect(Set(readToEnd.map { $0.text.components(separatedBy: "\r\n\r\n").last ?? "" }).isSubset(of: ["web-a", "web-b"]))
+        let viaNodePort = try sh(["ip", "netns", "exec", "wl-\(lab.name)-net", "curl", "-s", "-m", "5", "http://192.168.100.12:30080/hostname"])
+        #expect(["web-a", "web-b"].contains(viaNodePort.stdout), "curl to a NodePort: \(viaNodePort.stdout)\(viaNodePort.stderr)")
         // From a node's own network namespace.
         #expect(try answers(lab.nodeNS(1), "\(vip):80", tries: 5).allSatisfy { $0.hasPrefix("web-") })
         // NodePort on both node addresses, from the host network (outside the cluster).
