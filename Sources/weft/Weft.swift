@@ -56,14 +56,15 @@ struct Serve: ParsableCommand {
 
     func run() throws {
         if let udp, let tcp {
-            let name = self.name
+            // Set before the thread starts, which reads it at once (set after, the thread could
+            // read the default "weft" first).
+            ProcessInfoName.value = name
             var t = pthread_t()
             _ = pthread_create(&t, nil, { arg in
                 let port = UInt16(Int(bitPattern: arg))
                 try? EchoServer.serveUDP(port: port, name: ProcessInfoName.value)
                 return nil
             }, UnsafeMutableRawPointer(bitPattern: Int(udp)))
-            ProcessInfoName.value = name
             try EchoServer.serveTCP(port: tcp, name: name, namespace: namespace)
         }
         if let tcp { try EchoServer.serveTCP(port: tcp, name: name, namespace: namespace) }
