@@ -86,6 +86,19 @@ final class SQLiteWatchHub: Sendable {
     private func run() async {
         var lastStamp: WALStamp?
         var lastQuery = ContinuousClock.now
+        var lookedAgain = false
+        // Woken at each commit of any process (inotify on the log), so an event reaches the
+        // watchers in about a millisecond, not at the next poll; one per hub, so one wake-up and
+        // one query per commit per process. Polling stays as the fallback.
+        let notifier = WALNotifier.shared(databasePath: path)
+        /// Sleeps until the log changes after `seen`, or `interval` passes.
+        func pause(_ interval: Double, seen: UInt64?) async {
+            if let notifier, let seen {
+                await notifier.wait(past: seen, timeout: .milliseconds(Int(interval * 1000)))
+            } else {
+                try? await Task.sleep(nanoseconds: UInt64(interval * 1e9))
+            }
+        }
         while true {
             guard let (store, interval, waiting) = state.withLock({ s -> (SQLiteDatastore, Double, Bool)? in
                 guard !s.watchers.isEmpty, let store = s.store else {
@@ -97,16 +110,31 @@ final class SQLiteWatchHub: Sendable {
                 return (store, s.pollInterval, s.watchers.values.contains { !$0.joined })
             }) else { return }
             await store.maybeSweep()
-            // Taken before the query: a commit during it changes the stamp again.
+            // Both taken before the query: a commit during it changes them again.
+            let seen = notifier?.generation
             let stamp = WALStamp(databasePath: path)
             if !waiting, let stamp, stamp == lastStamp, ContinuousClock.now - lastQuery < store.idleQueryInterval {
-                try? await Task.sleep(nanoseconds: UInt64(interval * 1e9))
+                await pause(interval, seen: seen)
                 continue
             }
+            // A burst of commits (lease renewals of many nodes) is read in batches, a query at
+            // most every 2 ms, rather than one query per commit.
+            let sinceLast = ContinuousClock.now - lastQuery
+            if sinceLast < .milliseconds(2) { try? await Task.sleep(for: .milliseconds(2) - sinceLast) }
             lastQuery = ContinuousClock.now
             let full: Bool
             do {
-                full = try await poll(store)
+                let (wasFull, rows) = try await poll(store)
+                full = wasFull
+                // Woken by a change to the log that brought no row: the commit may be written but
+                // not yet published in the shared index; look once more shortly (a change that was
+                // no row, such as a lease renewal, is then taken as seen).
+                if rows == 0, stamp != lastStamp, !lookedAgain {
+                    lookedAgain = true
+                    try? await Task.sleep(for: .milliseconds(2))
+                    continue
+                }
+                lookedAgain = false
                 lastStamp = stamp
             } catch {
                 // The file cannot be read: every watch ends with the error (their owners relist).
@@ -117,15 +145,15 @@ final class SQLiteWatchHub: Sendable {
                 for c in ended { c.finish(throwing: error) }
                 continue
             }
-            if !full { try? await Task.sleep(nanoseconds: UInt64(interval * 1e9)) }
+            if !full { await pause(interval, seen: seen) }
         }
     }
 
     /// One read transaction: catch-ups of the watchers not yet joined, then the shared rows
     /// after the hub's position. Events are yielded under the hub's lock, so a watcher that
     /// leaves or joins meanwhile sees each revision once. Returns true when a batch was full
-    /// (poll again at once).
-    private func poll(_ store: SQLiteDatastore) async throws -> Bool {
+    /// (poll again at once), and how many shared rows were read.
+    private func poll(_ store: SQLiteDatastore) async throws -> (full: Bool, rows: Int) {
         let plan = state.withLock { s in (s.position, s.watchers.filter { !$0.value.joined }.mapValues { ($0.range, $0.position, $0.requested) }) }
         let batch = SQLiteDatastore.watchBatch
         let result = try await store.read { [self] db -> (head: Int64?, shared: [SQLiteDatastore.KVRow], catchUps: [Int: Result<[SQLiteDatastore.KVRow], DatastoreError>]) in
@@ -181,7 +209,8 @@ final class SQLiteWatchHub: Sendable {
             }
             if let head = result.head { s.position = head }
             for id in Array(s.watchers.keys) where s.watchers[id]!.joined { s.watchers[id]!.position = max(s.watchers[id]!.position, s.position ?? 0) }
-            return result.shared.count == batch || result.catchUps.values.contains { if case .success(let r) = $0 { r.count == batch } else { false } }
+            let full = result.shared.count == batch || result.catchUps.values.contains { if case .success(let r) = $0 { r.count == batch } else { false } }
+            return (full, result.shared.count)
         }
     }
 }

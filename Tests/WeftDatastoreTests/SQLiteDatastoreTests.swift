@@ -69,6 +69,25 @@ private func withTemporaryDirectory<T>(_ body: (String) async throws -> T) async
         }
     }
 
+    /// A commit wakes the watch hub of every process on the file at once, not at their next
+    /// poll: with a poll interval of 60 s, the event still arrives (within the 10 s allowed).
+    @Test func aCommitWakesWatchesWithoutWaitingForAPoll() async throws {
+        try await withTemporaryDirectory { dir in
+            let path = dir + "/shared.db"
+            let writer = try SQLiteDatastore(path: path, pollInterval: 60)
+            let reader = try SQLiteDatastore(path: path, pollInterval: 60)
+            let start = try await reader.list(prefix: "/").revision
+            let watch = Collector(reader.watch(prefix: "/services/", afterRevision: start))
+            defer { watch.stop() }
+            // Time for the watch to make its first poll (at once when it starts) and go to sleep.
+            try await Task.sleep(for: .milliseconds(200))
+            try await writer.create("/services/a", value: Conformance.b("one"))
+            try await writer.create("/services/b", value: Conformance.b("two"))
+            let seen = try await watch.waitUntil(timeout: 10) { $0.count >= 2 }
+            #expect(seen.map(Conformance.summary) == ["put /services/a one", "put /services/b two"])
+        }
+    }
+
     @Test func concurrentIncrementsFromTwoInstancesLoseNothing() async throws {
         try await withTemporaryDirectory { dir in
             let path = dir + "/counter.db"

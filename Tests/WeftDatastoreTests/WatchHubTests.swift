@@ -48,7 +48,9 @@ private func b(_ s: String) -> [UInt8] { Array(s.utf8) }
             for w in watchers where w.prefix == "/a/" { _ = try await w.events.waitFor(key: "/a/last") }
 
             let queries = hub.pollQueries.load(ordering: .relaxed) - polls
-            #expect(queries >= 1 && queries <= commits + 2, "12 watches, \(commits + 2) commits: \(queries) queries")
+            // One per commit, and at times one more: woken by a log write whose commit is not yet
+            // published, the hub looks again once (12 watches each querying would be 132).
+            #expect(queries >= 1 && queries <= 2 * (commits + 2), "12 watches, \(commits + 2) commits: \(queries) queries")
             #expect(hub.catchUpQueries.load(ordering: .relaxed) == catchUps, "joined watches need no query of their own")
             for w in watchers {
                 let keys = w.events.events.map(\.kv.key)
