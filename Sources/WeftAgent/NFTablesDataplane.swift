@@ -15,9 +15,10 @@ extension LibNFTables: NFTablesKernel {}
 
 /// The `Dataplane` as nftables tables in the node's network namespace: services in
 /// `inet weft-services` and its shards (`ServiceRules`), NetworkPolicy in `inet weft-policy`
-/// (`PolicyRules`). Service changes go as nf_tables netlink batches, which need no cache of the
-/// table and so cost what they change; whole tables (first write, resync, a change that failed)
-/// through libnftables in one transaction. Stale UDP conntrack entries are deleted once the rules
+/// (`PolicyRules`), both described in the typed nftables layer (`NFT`). Every write, a change or
+/// the whole tables (first write, resync, a change that failed), goes as one nf_tables netlink
+/// batch: no cache of the tables is read first, so a change costs what it changes, and a full
+/// sync skips libnftables' parse of a script of tens of megabytes. Stale UDP conntrack entries are deleted once the rules
 /// that make new ones right are in. The only place that knows these tables' names and keys.
 ///
 /// Each part (services, policy) has its own lock and its own libnftables context (neither is
@@ -46,12 +47,13 @@ public final class NFTablesDataplane: Dataplane {
 
     struct Policy {
         let nft: any NFTablesKernel
+        let netlink: any NFTablesOpsWriter
         var table = TableWriter()
         var input: PolicyRules.Input?
         /// What the last successful write left in the kernel.
-        var applied: TableModel?
+        var applied: NFT.Ruleset?
         /// What the dataplane means to hold.
-        var want: TableModel?
+        var want: NFT.Ruleset?
     }
 
     let services: Mutex<Services>
@@ -65,7 +67,7 @@ public final class NFTablesDataplane: Dataplane {
          conntrack: @escaping @Sendable () throws -> ConntrackControl) {
         self.node = node; self.logger = logger; self.conntrack = conntrack
         services = Mutex(Services(nft: kernel(), netlink: netlink(), model: ServiceRules.Model(node: node)))
-        policy = Mutex(Policy(nft: kernel()))
+        policy = Mutex(Policy(nft: kernel(), netlink: netlink()))
     }
 
     // MARK: services
@@ -109,13 +111,15 @@ public final class NFTablesDataplane: Dataplane {
             do {
                 outcome = try table.write(whole: whole, update: {
                     guard let change else { return nil }
-                    guard let ops = model.update(changed: change.changed, removed: change.removed)?.ops else { return false }
-                    try netlink.apply(ops)
+                    // nil: only replacing the tables makes the change.
+                    guard let tx = model.update(changed: change.changed, removed: change.removed) else { return nil }
+                    guard !tx.isEmpty else { return false }
+                    try netlink.apply(tx.ops)
                     return true
                 }, replace: {
                     // Built afresh from every entry: a whole write repairs the model too.
                     model = ServiceRules.model(Array(entries.values), node: node)
-                    try nft.run(ServiceRules.fullScript(model, replacing: try nft.tableNames()))
+                    try netlink.apply(ServiceRules.fullSync(model, replacing: try nft.tableNames()))
                 }, onIncrementalFailure: { error in
                     logger.warning("incremental services update failed; replacing the table", metadata: ["error": "\(error)"])
                 })
@@ -163,24 +167,20 @@ public final class NFTablesDataplane: Dataplane {
     public func programPolicy(_ input: PolicyRules.Input, resync: Bool) throws -> DataplaneWrite {
         let node = node, logger = logger
         return try policy.withLock { p in
-            let want = PolicyRules.model(input, node: node)
+            let want = PolicyRules.ruleset(input, node: node)
             p.input = input
             p.want = want
             var table = p.table
             defer { p.table = table }
-            let (nft, applied) = (p.nft, p.applied)
+            let (netlink, applied) = (p.netlink, p.applied)
             do {
                 let outcome = try table.write(whole: resync, update: {
-                    guard let have = applied else { return nil }
-                    switch TableModel.update(from: have, to: want) {
-                    case .none: return false
-                    case .full: return nil
-                    case .incremental(let update, let cleanup):
-                        if !update.isEmpty { try nft.run(update) }
-                        if !cleanup.isEmpty { try nft.run(cleanup) }
-                        return true
-                    }
-                }, replace: { try nft.run(want.fullScript) }, onIncrementalFailure: { error in
+                    // nil: only replacing the table makes the change.
+                    guard let have = applied, let tx = NFT.transaction(from: have, to: want) else { return nil }
+                    guard !tx.isEmpty else { return false }
+                    try netlink.apply(tx.ops)
+                    return true
+                }, replace: { try netlink.apply(NFT.replacing(want)) }, onIncrementalFailure: { error in
                     logger.warning("incremental policy update failed; replacing the table", metadata: ["error": "\(error)"])
                 })
                 p.applied = want
@@ -236,8 +236,7 @@ public final class NFTablesDataplane: Dataplane {
         case .policy:
             return policy.withLock { p in
                 guard let m = p.applied else { return [] }
-                return [DataplaneCount(part: .policy, name: PolicyRules.table, rules: m.chains.values.reduce(0) { $0 + $1.rules.count },
-                                       elements: m.sets.values.reduce(0) { $0 + $1.elements.count })]
+                return [DataplaneCount(part: .policy, name: PolicyRules.table, rules: m[PolicyRules.table].ruleCount, elements: m[PolicyRules.table].elementCount)]
             }
         }
     }
@@ -252,10 +251,10 @@ public final class NFTablesDataplane: Dataplane {
     }
 
     /// Rules per chain of each table, meant against the kernel's. The meant counts come from the
-    /// whole script the dataplane would write now (so they follow any layout change).
+    /// whole tables the dataplane would write now (so they follow any layout change).
     public func check() throws -> [DataplaneDrift] {
-        var want = services.withLock { s in s.given ? Self.ruleCounts(script: ServiceRules.fullScript(s.model)) : [:] }
-        if let p = policy.withLock({ $0.want }) { want[PolicyRules.table] = p.chains.mapValues(\.rules.count) }
+        var want = services.withLock { s in s.given ? ServiceRules.ruleset(s.model).ruleCounts : [:] }
+        if let p = policy.withLock({ $0.want }) { want.merge(p.ruleCounts) { a, _ in a } }
         guard !want.isEmpty else { return [] }
         let tables = Array(want.keys)
         let kernel = try services.withLock { s throws(NFTablesError) in try s.nft.ruleCounts(tables: tables) }
@@ -276,18 +275,6 @@ public final class NFTablesDataplane: Dataplane {
             }
             for chain in have.keys.sorted() where wanted[chain] == nil { diffs.append("chain \(chain) is not weft's") }
             if !diffs.isEmpty { out.append(DataplaneDrift(object: "table inet \(table)", missing: false, differences: diffs)) }
-        }
-        return out
-    }
-
-    /// Rules per chain of a full nftables script (`add chain|rule FAMILY TABLE CHAIN …` lines):
-    /// table → chain → rule count.
-    static func ruleCounts(script: String) -> [String: [String: Int]] {
-        var out: [String: [String: Int]] = [:]
-        for line in script.split(separator: "\n") {
-            let f = line.split(separator: " ", maxSplits: 5)
-            if f.count >= 5, f[0] == "add", f[1] == "chain" { out[String(f[3]), default: [:]][String(f[4]), default: 0] += 0 }
-            if f.count >= 5, f[0] == "add", f[1] == "rule" { out[String(f[3]), default: [:]][String(f[4]), default: 0] += 1 }
         }
         return out
     }

@@ -34,7 +34,7 @@ struct AddCommand {
                 keep += podRanges.filter { r in !keep.contains { $0.prefixLength <= r.prefixLength && $0.contains(r.address) } }
                 // Every pod of a node has the same ranges, so the chain is nearly always right
                 // already: read it (cheap) and write only when it differs (a transaction is not).
-                let want = Masquerade.ruleComments(network: config.name, podRanges: podRanges, clusterRanges: keep)
+                let want = Masquerade.ruleComments(podRanges: podRanges, clusterRanges: keep)
                 try kernel("set up masquerade in nftables table inet \(Masquerade.table)") {
                     let nft = try node.nftables()
                     if try nft.ruleComments(table: Masquerade.table, chain: Masquerade.chain(network: config.name)) != want {

@@ -157,18 +157,33 @@ import WeftOSFakes
             log.append(script)
         }
         func tableNames() throws(NFTablesError) -> [String] { [] }
-        /// What the kernel lists: every table the whole scripts wrote, then `tamper` (a hand edit).
+        /// The batches applied, in order.
+        var batches: [[NFT.Op]] = []
+        /// What the kernel lists: the chains and rules the batches leave, then `tamper` (a hand edit).
         var tamper: (inout [String: [String: Int]]) -> Void = { _ in }
         /// Elements `get element` finds ("map key"); others are missing.
         var elements: Set<String> = []
         func ruleCounts(tables: [String]) throws(NFTablesError) -> [String: [String: Int]] {
             var out: [String: [String: Int]] = [:]
-            for script in log where !script.hasPrefix("#") { out.merge(NFTablesDataplane.ruleCounts(script: script)) { _, b in b } }
+            for op in batches.joined() {
+                switch op {
+                case .addTable(let t): out[t] = out[t] ?? [:]
+                case .deleteTable(let t): out[t] = nil
+                case .addChain(let t, let c, _): out[t, default: [:]][c, default: 0] += 0
+                case .flushChain(let t, let c): out[t]?[c] = 0
+                case .deleteChain(let t, let c): out[t]?[c] = nil
+                case .addRule(let t, let c, _): out[t, default: [:]][c, default: 0] += 1
+                default: break
+                }
+            }
             tamper(&out)
             return out.filter { tables.contains($0.key) }
         }
         func counters(table: String) throws(NFTablesError) -> [String: (packets: UInt64, bytes: UInt64)] { [:] }
-        func apply(_ ops: [ServiceRules.TableOp]) throws(NFTablesError) { log.append("# netlink batch\n" + ops.map(\.text).joined()) }
+        func apply(_ ops: [NFT.Op]) throws(NFTablesError) {
+            batches.append(ops)
+            log.append("# netlink batch\n" + NFT.text(ops))
+        }
     }
 
     @Test("services: the nftables text for the same objects (whole, then the change as a netlink batch), and the stale UDP conntrack it clears")

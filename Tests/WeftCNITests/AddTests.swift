@@ -297,7 +297,7 @@ import Glibc
         let h = Harness(c)
         expectSuccess(h.add("pod-a"))
         let s = try #require(h.node.nft.scripts.first)
-        #expect(s.contains("daddr != { 10.22.0.0/24"), "\(s)")
+        #expect(s.contains("daddr != 10.22.0.0/24"), "\(s)")
     }
 }
 

@@ -92,7 +92,7 @@ struct ServiceTests {
         }
         let t = ServiceRules.table(for: web)
         #expect(t != ServiceRules.table(for: db), "the two services are in different shards")
-        let (update, cleanup) = try #require(ServiceRules.changes(from: model(two), to: model(one))).text()
+        let (update, cleanup) = try #require(ServiceRules.transaction(from: model(two), to: model(one))).scripts
         #expect(update == """
             delete element inet \(t) svc-default/web/tcp/80/pick { 1 }
             flush chain inet \(t) svc-default/web/tcp/80
@@ -101,29 +101,29 @@ struct ServiceTests {
 
             """)
         #expect(cleanup == "delete chain inet \(t) svc-default/web/tcp/80/ep/10.244.1.5/8080\n")
-        #expect(ServiceRules.changes(from: model(one), to: model(one)) == nil)
+        #expect(ServiceRules.transaction(from: model(one), to: model(one))?.isEmpty == true)
         // Updated in place, only the changed service is rebuilt and looked at: the same change.
         let inPlace = model(two)
         let next = inPlace.updated(with: [.init(service: web, endpoints: web.endpoints(from: one)), .init(service: db, endpoints: db.endpoints(from: one))])
         #expect(next.revision(of: "default/db") == inPlace.revision(of: "default/db"))
         #expect(next.revision(of: "default/web") != inPlace.revision(of: "default/web"))
-        #expect(ServiceRules.changes(from: inPlace, to: next) == ServiceRules.changes(from: model(two), to: model(one)))
-        #expect(ServiceRules.changes(from: next, to: next.updated(with: [.init(service: web, endpoints: web.endpoints(from: one)),
-                                                                         .init(service: db, endpoints: db.endpoints(from: one))])) == nil)
+        #expect(ServiceRules.transaction(from: inPlace, to: next) == ServiceRules.transaction(from: model(two), to: model(one)))
+        #expect(ServiceRules.transaction(from: next, to: next.updated(with: [.init(service: web, endpoints: web.endpoints(from: one)),
+                                                                         .init(service: db, endpoints: db.endpoints(from: one))]))?.isEmpty == true)
         // In place: the same change, returned by the update itself.
         var live = model(two)
         #expect(live.update(with: [.init(service: web, endpoints: web.endpoints(from: one)), .init(service: db, endpoints: db.endpoints(from: one))])
-                == ServiceRules.changes(from: model(two), to: model(one)))
-        #expect(live.update(with: [.init(service: web, endpoints: web.endpoints(from: one)), .init(service: db, endpoints: db.endpoints(from: one))]) == nil)
+                == ServiceRules.transaction(from: model(two), to: model(one)))
+        #expect(live.update(with: [.init(service: web, endpoints: web.endpoints(from: one)), .init(service: db, endpoints: db.endpoints(from: one))])?.isEmpty == true)
         // A service gone, found from the update's own record as by comparing every service.
         let webOnly = [ServiceRules.Entry(service: web, endpoints: web.endpoints(from: one))]
-        let dbGone = try #require(ServiceRules.changes(from: next, to: next.updated(with: webOnly)))
-        #expect(dbGone == ServiceRules.changes(from: model(one), to: ServiceRules.model(webOnly)))
-        #expect(dbGone.cleanup.contains(.init(table: ServiceRules.table(for: db), op: .deleteChain("svc-default/db/tcp/5432"))))
+        let dbGone = try #require(ServiceRules.transaction(from: next, to: next.updated(with: webOnly)))
+        #expect(dbGone == ServiceRules.transaction(from: model(one), to: ServiceRules.model(webOnly)))
+        #expect(dbGone.cleanup.contains(.deleteChain(table: ServiceRules.table(for: db), "svc-default/db/tcp/5432")))
         // The last endpoint goes: the VIP moves from the service map to the reject map.
-        let goneChange = try #require(ServiceRules.changes(from: model(one), to: model([dbPod])))
+        let goneChange = try #require(ServiceRules.transaction(from: model(one), to: model([dbPod])))
         #expect(Set((goneChange.update + goneChange.cleanup).map(\.table)) == [t, ServiceRules.frontTable], "its shard and the front table only")
-        let (gone, _) = goneChange.text()
+        let (gone, _) = goneChange.scripts
         #expect(gone.contains("delete element inet \(t) service-ips { 10.96.0.20 . tcp . 80 }"))
         #expect(gone.contains("add element inet weft-services no-endpoint-services { 10.96.0.20 . tcp . 80 : goto reject-chain }"))
         #expect(!gone.contains("db"))
@@ -149,7 +149,7 @@ struct ServiceTests {
         let updated = m.update(with: [entry(b)])
         let change = try #require(updated)
         #expect(holder(m) == holder(ServiceRules.model([entry(b)])) && holder(m)[0].contains("svc-default/b/"))
-        #expect(change.update.contains { if case .addElements(_, let items) = $0.op { return items.keys.contains(.address(ip("192.0.2.7"), proto: "TCP", port: 80)) }; return false })
+        #expect(change.update.contains { if case .addElements(_, _, let items) = $0 { return items.keys.contains(.addressProtoPort(ip("192.0.2.7"), .tcp, 80)) }; return false })
         // b goes and c comes in one pass: c takes it.
         _ = m.update(with: [entry(c)])
         #expect(holder(m) == holder(ServiceRules.model([entry(c)])) && holder(m)[0].contains("svc-default/c/"))
@@ -186,10 +186,10 @@ struct ServiceTests {
             for e in changed { current[e.key] = e }
             for k in removed { current[k] = nil }
             let a = whole.update(with: Array(current.values)), b = delta.update(changed: changed, removed: removed)
-            #expect(a?.update.map(\.text) == b?.update.map(\.text) && a?.cleanup.map(\.text) == b?.cleanup.map(\.text), "step \(n)")
+            #expect(a?.update.map { NFT.text($0) } == b?.update.map { NFT.text($0) } && a?.cleanup.map { NFT.text($0) } == b?.cleanup.map { NFT.text($0) }, "step \(n)")
             #expect(ServiceRules.fullScript(whole) == ServiceRules.fullScript(delta), "step \(n)")
             #expect(ServiceRules.fullScript(delta) == ServiceRules.fullScript(ServiceRules.model(Array(current.values))), "step \(n): as a fresh model")
         }
-        #expect(delta.update(changed: [], removed: ["default/nobody"]) == nil)
+        #expect(delta.update(changed: [], removed: ["default/nobody"])?.isEmpty == true)
     }
 }

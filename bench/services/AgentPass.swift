@@ -80,7 +80,7 @@ func agentPass(sizes: [Int], netns: NetworkNamespace) async throws {
                 delta = source.take()
             }
             guard delta.changed.count == 1, delta.removed.isEmpty else { fatalError("change \(k): expected one service changed, got \(delta.changed.count) and \(delta.removed.count) removed") }
-            guard let change = model.update(changed: delta.changed, removed: delta.removed) else { fatalError("change \(k) found nothing to write") }
+            guard let change = model.update(changed: delta.changed, removed: delta.removed), !change.isEmpty else { fatalError("change \(k) found nothing to write") }
             try netns.run { () throws(NFTablesError) in try netlink.apply(change.ops) }
             let done = ContinuousClock.now
             if k > 1 { endToEnd.append(ms(done - written)); passes.append(ms(done - at)) }

@@ -86,7 +86,7 @@ for n in sizes {
             if let c = change {
                 try netns.run { () throws(NFTablesError) in
                     if viaLibnftables {
-                        let (u, x) = c.text()
+                        let (u, x) = c.scripts
                         try nft.run(u)
                         if !x.isEmpty { try nft.run(x) }
                     } else {

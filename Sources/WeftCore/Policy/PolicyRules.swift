@@ -26,7 +26,7 @@ public enum PolicyRules {
     /// Logged packets per second per reason (ingress, egress, spoofed) per node; counters count every packet.
     public static let logRate = 50
 
-    static let families: [(IPFamily, String, String)] = [(.v4, "ip", "4"), (.v6, "ip6", "6")]
+    static let families: [(IPFamily, String)] = [(.v4, "4"), (.v6, "6")]
 
     /// Everything the rules depend on.
     public struct Input: Sendable, Equatable {
@@ -82,19 +82,30 @@ public enum PolicyRules {
     /// kernel's writes and listings cheaper (it finds sets by name in a list).
     public static func podsSet(_ p: NetworkPolicy, _ fam: String) -> String { "sel-\(hex16(fnv1a64("\(p.namespace)|\(p.podSelector)")))-\(fam)" }
 
-    /// A set of one family's addresses (with `ports`: address · protocol · port), its comment
-    /// saying what it holds.
-    static func namedSet(_ family: IPFamily, ports: Bool = false, comment: String, _ elements: [String]) -> TableModel.NamedSet {
-        .init(spec: "type \(family == .v4 ? "ipv4_addr" : "ipv6_addr")\(ports ? " . inet_proto . inet_service" : "") ; comment \(TableModel.quoted(String(comment.prefix(120)))) ;",
-              elements: Dictionary(elements.map { ($0, "") }, uniquingKeysWith: { a, _ in a }))
+    /// The address of the judged pod a direction reads (the peer's is the other).
+    static func podField(_ d: NetworkPolicy.Direction) -> NFT.Field { d == .ingress ? .destination : .source }
+
+    /// A protocol as policy names it (its parser admits TCP, UDP and SCTP only).
+    static func l4(_ proto: some StringProtocol) -> NFT.L4Proto { NFT.L4Proto(kubernetes: proto) ?? .tcp }
+
+    /// Adds a set of one family's addresses (with `ports`: address · protocol · port), its
+    /// comment saying what it holds.
+    static func addSet(_ name: String, _ family: IPFamily, ports: Bool = false, comment: String, _ keys: [NFT.Key], to m: inout NFT.Table) {
+        m.sets[name] = NFT.NamedSet(key: ports ? .addressProtoPort(family) : .address(family), comment: String(comment.prefix(120)))
+        m.elements[name] = Dictionary(keys.map { ($0, NFT.Verdict?.none) }, uniquingKeysWith: { a, _ in a })
     }
 
-    public static func model(_ input: Input, node: String) -> TableModel {
-        var m = TableModel(name: table)
+    /// The policy table for `node`, as the one table of a ruleset.
+    public static func ruleset(_ input: Input, node: String) -> NFT.Ruleset { NFT.Ruleset([table: model(input, node: node)]) }
+
+    public static func model(_ input: Input, node: String) -> NFT.Table {
+        var m = NFT.Table()
         let local = input.pods.filter { $0.node == node && $0.selectable }
-        for (_, _, fam) in families {
-            m.sets["ingress-pods\(fam)"] = .init(spec: "type \(fam == "4" ? "ipv4_addr" : "ipv6_addr") : verdict ;", isMap: true)
-            m.sets["egress-pods\(fam)"] = .init(spec: "type \(fam == "4" ? "ipv4_addr" : "ipv6_addr") : verdict ;", isMap: true)
+        for (family, fam) in families {
+            for dir in ["ingress", "egress"] {
+                m.sets["\(dir)-pods\(fam)"] = NFT.NamedSet(key: .address(family), isMap: true)
+                m.elements["\(dir)-pods\(fam)"] = [:]
+            }
         }
         m.counters = ["denied-ingress", "denied-egress", "spoofed"]
 
@@ -105,138 +116,148 @@ public enum PolicyRules {
                 let typed = policies.filter { $0.policyTypes.contains(d) }
                 guard !typed.isEmpty else { continue }
                 let dir = d.word
-                let match = d == .ingress ? "daddr" : "saddr"
-                var nsRules: [String] = []
+                var nsRules: [NFT.Rule] = []
                 for p in typed {
-                    for (_, nfam, fam) in families { nsRules.append("\(nfam) \(match) @\(podsSet(p, fam)) jump \(chainName(p, d))") }
-                    m.chains[chainName(p, d)] = .init(rules: policyRules(p, d, input, local: local, into: &m))
+                    for (family, fam) in families {
+                        nsRules.append(NFT.Rule(.addressIn(podField(d), family, set: podsSet(p, fam)), .verdict(.jump(chainName(p, d)))))
+                    }
+                    m.chains[chainName(p, d)] = NFT.Chain(rules: policyRules(p, d, input, local: local, into: &m))
                 }
-                nsRules.append("goto \(dir)-denied")
-                m.chains["ns/\(ns)/\(dir)"] = .init(rules: nsRules)
+                nsRules.append(NFT.Rule(.verdict(.goto("\(dir)-denied"))))
+                m.chains["ns/\(ns)/\(dir)"] = NFT.Chain(rules: nsRules)
                 // Every local pod of the namespace some policy isolates in this direction.
                 for pod in local where pod.namespace == ns && !input.isolating(pod, d).isEmpty {
                     for a in pod.addresses {
-                        m.sets["\(dir)-pods\(a.family == .v4 ? "4" : "6")"]!.elements[a.description] = "jump ns/\(ns)/\(dir)"
+                        m.elements["\(dir)-pods\(a.family == .v4 ? "4" : "6")"]![.address(a)] = .some(.jump("ns/\(ns)/\(dir)"))
                     }
                 }
             }
             for p in policies where m.sets[podsSet(p, "4")] == nil {
                 let sel = input.selected(by: p).filter { $0.node == node }
-                for (family, _, fam) in families {
-                    m.sets[podsSet(p, fam)] = namedSet(family, comment: "pods \(p.podSelector) in \(p.namespace)",
-                                                       sel.flatMap(\.addresses).filter { $0.family == family }.map(\.description))
+                for (family, fam) in families {
+                    addSet(podsSet(p, fam), family, comment: "pods \(p.podSelector) in \(p.namespace)",
+                           sel.flatMap(\.addresses).filter { $0.family == family }.map { .address($0) }, to: &m)
                 }
             }
         }
+        fixedChains(into: &m)
+        return m
+    }
 
+    /// The base chains and the denial chains, the same for every node.
+    static func fixedChains(into m: inout NFT.Table) {
         // Counted always, logged at a bounded rate (the agent explains each logged packet).
-        func denied(_ what: String, counter: String) -> TableModel.Chain {
-            .init(rules: ["counter name \"\(counter)\"",
-                          "limit rate \(logRate)/second burst \(logRate) packets log prefix \"\(logPrefix)\(what)\" group \(logGroup)", "drop"])
+        func denied(_ what: String, counter: String) -> NFT.Chain {
+            NFT.Chain(rules: [NFT.Rule(.namedCounter(counter)),
+                              NFT.Rule(.limit(perSecond: logRate, burst: logRate), .log(prefix: logPrefix + what, group: logGroup)),
+                              NFT.Rule(.verdict(.drop))])
         }
         m.chains["ingress-denied"] = denied("ingress", counter: "denied-ingress")
         m.chains["egress-denied"] = denied("egress", counter: "denied-egress")
         m.chains["spoofed"] = denied("spoofed", counter: "spoofed")
-        let tracked = "ct state established,related accept"
-        m.chains["forward-egress"] = .init(hook: "type filter hook forward priority -5 ; policy accept ;",
-                                           rules: [tracked, "ip saddr vmap @egress-pods4", "ip6 saddr vmap @egress-pods6"])
+        let tracked = NFT.Rule(.ctState([.established, .related]), .verdict(.accept))
+        func dispatch(_ field: NFT.Field, _ dir: String) -> [NFT.Rule] {
+            [NFT.Rule(.lookup(.address(field, .v4), map: "\(dir)-pods4")), NFT.Rule(.lookup(.address(field, .v6), map: "\(dir)-pods6"))]
+        }
+        m.chains["forward-egress"] = NFT.Chain(hook: .init(.filter, .forward, priority: -5), rules: [tracked] + dispatch(.source, "egress"))
         // Neighbour discovery with the node is not traffic policy speaks of, and a pod sends
         // some of it from its global address: judged, it would cut an isolated pod off.
-        m.chains["input-egress"] = .init(hook: "type filter hook input priority -5 ; policy accept ;",
-                                         rules: [tracked, "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept",
-                                                 "ip saddr vmap @egress-pods4", "ip6 saddr vmap @egress-pods6"])
-        m.chains["forward-ingress"] = .init(hook: "type filter hook forward priority 0 ; policy accept ;",
-                                            rules: [tracked, "ip daddr vmap @ingress-pods4", "ip6 daddr vmap @ingress-pods6"])
+        let discovery = [NFT.ICMPv6Type.neighborSolicit, .neighborAdvert, .routerSolicit].map { NFT.Rule(.icmpv6Type($0), .verdict(.accept)) }
+        m.chains["input-egress"] = NFT.Chain(hook: .init(.filter, .input, priority: -5), rules: [tracked] + discovery + dispatch(.source, "egress"))
+        m.chains["forward-ingress"] = NFT.Chain(hook: .init(.filter, .forward, priority: 0), rules: [tracked] + dispatch(.destination, "ingress"))
         // Pods' host-side interfaces are weft<hash>; the overlay device is not a pod's. `::`
         // is the source of duplicate address detection, which routes nowhere.
-        m.chains["antispoof"] = .init(hook: "type filter hook prerouting priority -300 ; policy accept ;",
-                                      rules: ["iifname != \"weft*\" accept", "iifname \"\(VXLAN.device)\" accept", "ip6 saddr :: accept",
-                                              "fib saddr . iif oif missing goto spoofed"])
-        return m
+        m.chains["antispoof"] = NFT.Chain(hook: .init(.filter, .prerouting, priority: -300), rules: [
+            NFT.Rule(.inputInterface("weft*", negated: true), .verdict(.accept)),
+            NFT.Rule(.inputInterface(VXLAN.device, negated: false), .verdict(.accept)),
+            NFT.Rule(.address(.source, IPAddress(family: .v6, value: 0)), .verdict(.accept)),
+            NFT.Rule(.sourceRouteMissing, .verdict(.goto("spoofed"))),
+        ])
     }
 
     /// The policy chain: one `accept` per (peer, port) of each rule, per family.
-    static func policyRules(_ p: NetworkPolicy, _ d: NetworkPolicy.Direction, _ input: Input, local: [PolicyPod], into m: inout TableModel) -> [String] {
-        let peerField = d == .ingress ? "saddr" : "daddr"
-        var out: [String] = []
+    static func policyRules(_ p: NetworkPolicy, _ d: NetworkPolicy.Direction, _ input: Input, local: [PolicyPod], into m: inout NFT.Table) -> [NFT.Rule] {
+        var out: [NFT.Rule] = []
         for rule in p.rules(d) {
-            for (family, nfam, fam) in families {
-                // Peer matches for this family; nil entries are "any".
-                var peers: [String?] = []
-                if rule.peers.isEmpty { peers = [nil] }
-                for peer in rule.peers {
-                    switch peer {
-                    case .ipBlock(let cidr, let except):
-                        guard cidr.family == family else { continue }
-                        var s = "\(nfam) \(peerField) \(cidr)"
-                        if !except.isEmpty { s += " \(nfam) \(peerField) != { \(except.map(\.description).joined(separator: ", ")) }" }
-                        peers.append(s)
-                    case .pods(let ps, let nss):
-                        let key = "pods \(ps?.description ?? "<all>") in " + (nss.map { "namespaces \($0)" } ?? "namespace \(p.namespace)")
-                        let name = "peer-\(hex16(fnv1a64(key + "|" + (nss == nil ? p.namespace : ""))))-\(fam)"
-                        let matched = input.pods(of: peer, policyNamespace: p.namespace)
-                        if m.sets[name] == nil {
-                            let addrs = matched.filter(\.selectable).flatMap(\.addresses).filter { $0.family == family }
-                            m.sets[name] = namedSet(family, comment: key, addrs.map(\.description))
-                        }
-                        peers.append("\(nfam) \(peerField) @\(name)")
-                        // Peer-only stand-ins (the node DNS resolvers, at node addresses) are
-                        // destinations for their own ports only, never sources.
-                        let standIns = matched.filter { !$0.selectable }
-                        if d == .egress && !standIns.isEmpty {
-                            let svcName = name + "-ports"
-                            if m.sets[svcName] == nil {
-                                var elements: [String] = []
-                                for sp in standIns {
-                                    for (k, port) in sp.namedPorts {
-                                        let proto = k.split(separator: "/").last.map { $0.lowercased() } ?? "tcp"
-                                        for a in sp.addresses where a.family == family { elements.append("\(a) . \(proto) . \(port)") }
-                                    }
-                                }
-                                m.sets[svcName] = namedSet(family, ports: true, comment: "served ports of " + key, elements)
-                            }
-                            peers.append("\(nfam) daddr . meta l4proto . th dport @\(svcName)")
-                        }
-                    }
-                }
+            for (family, fam) in families {
+                let peers = peerMatches(rule.peers, p, d, family, fam, input, into: &m)
                 guard !peers.isEmpty else { continue }   // only peers of the other family
-                var ports: [String?] = []
-                if rule.ports.isEmpty { ports = [nil] }
-                for port in rule.ports {
-                    let l4 = port.proto.lowercased()
-                    switch port.port {
-                    case nil: ports.append("meta l4proto \(l4)")
-                    case .number(let n)?:
-                        if let e = port.endPort, e != n { ports.append("meta l4proto \(l4) th dport \(n)-\(e)") } else { ports.append("meta l4proto \(l4) th dport \(n)") }
-                    case .name(let n)?:
-                        // Resolved per destination pod: the selected pods for ingress, the peers'
-                        // (any pod of the cluster) for egress.
-                        // Shared by every rule naming the same port of the same pods.
-                        let key = d == .ingress ? "in|\(p.namespace)|\(p.podSelector)|\(n)|\(port.proto)" : "out|\(n)|\(port.proto)"
-                        let name = "port-\(hex16(fnv1a64(key)))-\(fam)"
-                        if m.sets[name] == nil {
-                            let candidates = d == .ingress ? local.filter { p.podSelector.matches($0.labels) && $0.namespace == p.namespace } : input.pods
-                            var elements: [String] = []
-                            for pod in candidates {
-                                guard let num = pod.namedPorts["\(n)/\(port.proto)"] else { continue }
-                                for a in pod.addresses where a.family == family { elements.append("\(a) . \(l4) . \(num)") }
-                            }
-                            let what = d == .ingress ? "\(port.proto) port \(n) of pods \(p.podSelector) in \(p.namespace)" : "\(port.proto) port \(n) of any pod"
-                            m.sets[name] = namedSet(family, ports: true, comment: what, elements)
-                        }
-                        ports.append("\(nfam) daddr . meta l4proto . th dport @\(name)")
-                    }
-                }
+                let ports = rule.ports.isEmpty ? [[]] : rule.ports.map { portMatch($0, p, d, family, fam, input, local: local, into: &m) }
                 for peer in peers {
-                    for port in ports {
-                        out.append([peer, port, "accept"].compactMap { $0 }.joined(separator: " "))
-                    }
+                    for port in ports { out.append(NFT.Rule(peer + port + [.verdict(.accept)])) }
                 }
             }
         }
         // Identical rules (a rule that is "any" in both families) once.
-        var seen = Set<String>()
+        var seen = Set<NFT.Rule>()
         return out.filter { seen.insert($0).inserted }
+    }
+
+    /// The matches of a rule's peers in one family (one list per peer; an empty list is "any").
+    static func peerMatches(_ rulePeers: [NetworkPolicy.Peer], _ p: NetworkPolicy, _ d: NetworkPolicy.Direction, _ family: IPFamily, _ fam: String,
+                            _ input: Input, into m: inout NFT.Table) -> [[NFT.Statement]] {
+        let peerField: NFT.Field = d == .ingress ? .source : .destination
+        var peers: [[NFT.Statement]] = rulePeers.isEmpty ? [[]] : []
+        for peer in rulePeers {
+            switch peer {
+            case .ipBlock(let cidr, let except):
+                guard cidr.family == family else { continue }
+                peers.append([.networks(peerField, [cidr], negated: false)] + (except.isEmpty ? [] : [.networks(peerField, except, negated: true)]))
+            case .pods(let ps, let nss):
+                let key = "pods \(ps?.description ?? "<all>") in " + (nss.map { "namespaces \($0)" } ?? "namespace \(p.namespace)")
+                let name = "peer-\(hex16(fnv1a64(key + "|" + (nss == nil ? p.namespace : ""))))-\(fam)"
+                let matched = input.pods(of: peer, policyNamespace: p.namespace)
+                if m.sets[name] == nil {
+                    let addrs = matched.filter(\.selectable).flatMap(\.addresses).filter { $0.family == family }
+                    addSet(name, family, comment: key, addrs.map { .address($0) }, to: &m)
+                }
+                peers.append([.addressIn(peerField, family, set: name)])
+                // Peer-only stand-ins (the node DNS resolvers, at node addresses) are
+                // destinations for their own ports only, never sources.
+                let standIns = matched.filter { !$0.selectable }
+                if d == .egress && !standIns.isEmpty {
+                    let svcName = name + "-ports"
+                    if m.sets[svcName] == nil {
+                        var keys: [NFT.Key] = []
+                        for sp in standIns {
+                            for (k, port) in sp.namedPorts {
+                                let proto = l4(k.split(separator: "/").last ?? "TCP")
+                                for a in sp.addresses where a.family == family { keys.append(.addressProtoPort(a, proto, port)) }
+                            }
+                        }
+                        addSet(svcName, family, ports: true, comment: "served ports of " + key, keys, to: &m)
+                    }
+                    peers.append([.destinationProtoPortIn(family, set: svcName)])
+                }
+            }
+        }
+        return peers
+    }
+
+    /// The match of one port of a rule in one family.
+    static func portMatch(_ port: NetworkPolicy.Port, _ p: NetworkPolicy, _ d: NetworkPolicy.Direction, _ family: IPFamily, _ fam: String,
+                          _ input: Input, local: [PolicyPod], into m: inout NFT.Table) -> [NFT.Statement] {
+        let proto = l4(port.proto)
+        switch port.port {
+        case nil: return [.l4proto(proto)]
+        case .number(let n)?: return [.l4proto(proto), .destinationPort(n...max(n, port.endPort ?? n))]
+        case .name(let n)?:
+            // Resolved per destination pod: the selected pods for ingress, the peers' (any pod
+            // of the cluster) for egress. Shared by every rule naming the same port of the same pods.
+            let key = d == .ingress ? "in|\(p.namespace)|\(p.podSelector)|\(n)|\(port.proto)" : "out|\(n)|\(port.proto)"
+            let name = "port-\(hex16(fnv1a64(key)))-\(fam)"
+            if m.sets[name] == nil {
+                let candidates = d == .ingress ? local.filter { p.podSelector.matches($0.labels) && $0.namespace == p.namespace } : input.pods
+                var keys: [NFT.Key] = []
+                for pod in candidates {
+                    guard let num = pod.namedPorts["\(n)/\(port.proto)"] else { continue }
+                    for a in pod.addresses where a.family == family { keys.append(.addressProtoPort(a, proto, num)) }
+                }
+                let what = d == .ingress ? "\(port.proto) port \(n) of pods \(p.podSelector) in \(p.namespace)" : "\(port.proto) port \(n) of any pod"
+                addSet(name, family, ports: true, comment: what, keys, to: &m)
+            }
+            return [.destinationProtoPortIn(family, set: name)]
+        }
     }
 }
 
