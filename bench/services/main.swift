@@ -20,6 +20,13 @@ func rssMiB() -> Double {
     return (Double(line.split(separator: " ").dropFirst().first ?? "0") ?? 0) / 1024
 }
 
+/// The process's peak resident set (VmHWM).
+func peakRSSMiB() -> Double {
+    let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+    let line = status.split(separator: "\n").first { $0.hasPrefix("VmHWM:") } ?? ""
+    return (Double(line.split(separator: " ").dropFirst().first ?? "0") ?? 0) / 1024
+}
+
 func entries(_ n: Int, shift: Int = 0) throws -> [ServiceRules.Entry] {
     try (0..<n).map { i in
         let spec = #"{"apiVersion":"v1","kind":"Service","metadata":{"name":"s\#(i)","namespace":"bench"},"spec":{"selector":{"app":"s\#(i)"},"ports":[{"port":80,"targetPort":8080}]}}"#
@@ -51,6 +58,34 @@ let ns = "wbs\(getpid())"
 guard Subprocess.runOK(["/usr/sbin/ip", "netns", "add", ns]) else { fatalError("ip netns add \(ns) failed (root needed)") }
 defer { _ = Subprocess.runOK(["/usr/sbin/ip", "netns", "del", ns]) }
 let netns = try NetworkNamespace(path: "/run/netns/\(ns)")
+if CommandLine.arguments.dropFirst().first == "full-sync" {
+    // The agent's full sync as it does it: the model built, the whole tables written as one
+    // netlink transaction (no libnftables in the process, so the peak RSS is the agent's own).
+    say("weft-bench-services full-sync — \(Date()) — \(ProcessInfo.processInfo.activeProcessorCount) CPUs")
+    say("| services × endpoints | model | full sync (ops + netlink) | rules in the kernel | peak RSS |")
+    say("| --- | --- | --- | --- | --- |")
+    let clock = ContinuousClock(), netlink = NFTablesNetlink(), nft = LibNFTables()
+    for n in sizes {
+        let base = try entries(n)
+        var model = ServiceRules.Model()
+        let build = clock.measure { model = ServiceRules.model(base) }
+        var ops: [NFT.Op] = []
+        let opsTime = try clock.measure { ops = ServiceRules.fullSync(model, replacing: try netns.run { () throws(NFTablesError) in try nft.tableNames() }) }
+        let write = try clock.measure {
+            try netns.run { () throws(NFTablesError) in try netlink.apply(ops) }
+        } + opsTime
+        say(String(format: "  of which the ops %.0f ms", ms(opsTime)))
+        let counts = try netns.run { () throws(NFTablesError) in try nft.ruleCounts(tables: ServiceRules.tables) }
+        let rules = counts.values.reduce(0) { $0 + $1.values.reduce(0, +) }
+        let fixed = ServiceRules.ruleset(ServiceRules.Model()).tables.values.reduce(0) { $0 + $1.ruleCount }
+        guard rules == model.ruleCount + fixed else {
+            fatalError("the kernel holds \(rules) rules, the model \(model.ruleCount) and the fixed tables")
+        }
+        say(String(format: "| %d × 10 | %.0f ms | %.0f ms | %d | %.0f MiB |", n, ms(build), ms(write), rules, peakRSSMiB()))
+    }
+    _ = Subprocess.runOK(["/usr/sbin/ip", "netns", "del", ns])
+    exit(0)
+}
 if CommandLine.arguments.dropFirst().first == "agent-pass" {
     say("weft-bench-services agent-pass — \(Date()) — \(ProcessInfo.processInfo.activeProcessorCount) CPUs, SQLite datastore")
     try await agentPass(sizes: sizes, netns: netns)
