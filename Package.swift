@@ -41,9 +41,10 @@ let package = Package(
     targets: [
         .target(name: "WeftCore"),
         // Kernel headers (netlink, nf_tables) and a few libc shims. rtnetlink is written in
-        // Swift in WeftOS/Netlink because its surface is small and stable; nftables scripts go
-        // through libnftables (what `nft` itself uses), loaded at run time by WeftOS, except the
-        // services' changes, sent as nf_tables netlink batches (WeftOS/Netlink/NFTablesNetlink).
+        // Swift in WeftOS/Netlink because its surface is small and stable; nftables tables are
+        // described in WeftCore's typed layer (WeftCore/NFTables) and written by the agent as
+        // nf_tables netlink batches (WeftOS/Netlink/NFTablesNetlink), by the CNI plugin as nft
+        // text through libnftables (what `nft` itself uses), loaded at run time by WeftOS.
         .target(name: "CWeftLinux"),
         .target(name: "WeftOS", dependencies: [
             "WeftCore", "CWeftLinux",

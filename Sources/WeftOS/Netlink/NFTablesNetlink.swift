@@ -31,7 +31,7 @@ public final class NFTablesNetlink: NFTablesOpsWriter {
         }
         do {
             if socket == nil { socket = try NetlinkSocket(protocol: NETLINK_NETFILTER) }
-            try socket!.sendBatch(messages) { NFTMessages.describe(ops[from[$0]]) }
+            try socket!.sendBatch(consume messages) { NFTMessages.describe(ops[from[$0]]) }
         } catch {
             socket = nil   // nothing stale from this batch can reach the next one
             throw NFTablesError(message: "\(error)")

@@ -66,6 +66,13 @@ struct NetlinkRequest {
         for i in 0..<4 { bytes[8 + i] = UInt8(truncatingIfNeeded: seq >> (8 * UInt32(i))) }
         return bytes
     }
+
+    /// `finish(seq:)` appended to `wire`, the message's own bytes given up (a batch of a full
+    /// sync is hundreds of megabytes of messages: each is freed once it is on the wire).
+    mutating func finish(seq: UInt32, into wire: inout [UInt8]) {
+        wire += finish(seq: seq)
+        bytes = []
+    }
 }
 
 /// A received message: its type and payload (after the nlmsghdr).

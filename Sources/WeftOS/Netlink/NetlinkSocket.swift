@@ -93,8 +93,10 @@ public final class NetlinkSocket {
     /// every error it has (one per refused message, or one for the commit) is queued by then.
     /// Messages ask for no ACK, as `nft` does, so a batch of any size answers only its errors.
     /// - describe: what message `i` does, for the error.
-    func sendBatch(_ messages: [NetlinkRequest], describe: (Int) -> String) throws(NetlinkError) {
+    func sendBatch(_ messages: consuming [NetlinkRequest], describe: (Int) -> String) throws(NetlinkError) {
+        let total = messages.count
         var wire: [UInt8] = []
+        wire.reserveCapacity(messages.reduce(64) { $0 + $1.bytes.count })   // no copies as it grows
         func batchMark(_ type: Int32) -> [UInt8] {
             var m = NetlinkRequest(type: type, flags: 0, ack: false)
             m.append(UInt8(AF_UNSPEC))
@@ -105,9 +107,9 @@ public final class NetlinkSocket {
         }
         wire += batchMark(k(NFNL_MSG_BATCH_BEGIN))
         let first = seq &+ 1
-        for var m in messages {
+        for i in messages.indices {
             seq &+= 1
-            wire += m.finish(seq: seq)
+            messages[i].finish(seq: seq, into: &wire)
         }
         wire += batchMark(k(NFNL_MSG_BATCH_END))
         // The kernel refuses a message larger than the send buffer: grow it (FORCE passes the
@@ -121,7 +123,7 @@ public final class NetlinkSocket {
             }
         }
         let sent = wire.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
-        guard sent == wire.count else { throw NetlinkError(operation: "send an nf_tables batch of \(messages.count) messages", errno: sent < 0 ? Glibc.errno : EIO) }
+        guard sent == wire.count else { throw NetlinkError(operation: "send an nf_tables batch of \(total) messages", errno: sent < 0 ? Glibc.errno : EIO) }
         var failure: NetlinkError?
         while true {
             let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
@@ -132,16 +134,16 @@ public final class NetlinkSocket {
                 // ENOBUFS: more errors than the receive buffer holds: the batch failed all the
                 // same; read on, so none of its errors is left for the next batch.
                 if e == ENOBUFS {
-                    failure = failure ?? NetlinkError(operation: "apply an nf_tables batch of \(messages.count) messages", errno: e)
+                    failure = failure ?? NetlinkError(operation: "apply an nf_tables batch of \(total) messages", errno: e)
                     continue
                 }
-                throw failure ?? NetlinkError(operation: "apply an nf_tables batch of \(messages.count) messages", errno: e)
+                throw failure ?? NetlinkError(operation: "apply an nf_tables batch of \(total) messages", errno: e)
             }
             // Only this batch's replies (BEGIN … END; sequence numbers wrap).
-            for m in headers(in: n) where m.type == UInt16(NLMSG_ERROR) && failure == nil && m.seq &- (first &- 1) <= UInt32(messages.count + 1) {
+            for m in headers(in: n) where m.type == UInt16(NLMSG_ERROR) && failure == nil && m.seq &- (first &- 1) <= UInt32(total + 1) {
                 let index = Int(m.seq &- first)
                 failure = error(in: NetlinkMessage(type: m.type, flags: m.flags, seq: m.seq, payload: buffer[m.payload]),
-                                index >= 0 && index < messages.count ? describe(index) : "commit an nf_tables batch of \(messages.count) messages")
+                                index >= 0 && index < total ? describe(index) : "commit an nf_tables batch of \(total) messages")
             }
         }
         if let failure { throw failure }
