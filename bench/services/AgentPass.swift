@@ -64,8 +64,9 @@ func agentPass(sizes: [Int], netns: NetworkNamespace) async throws {
         while !source.isSynced { _ = await wakes.next() }
         _ = source.take()
         model = ServiceRules.model(source.entries, node: "node0")
-        let script = ServiceRules.fullScript(model, replacing: try netns.run { () throws(NFTablesError) in try nft.tableNames() })
-        try netns.run { () throws(NFTablesError) in try nft.run(script) }
+        // The agent's full sync: one netlink transaction.
+        let ops = ServiceRules.fullSync(model, replacing: try netns.run { () throws(NFTablesError) in try nft.tableNames() })
+        try netns.run { () throws(NFTablesError) in try netlink.apply(ops) }
         let first = ContinuousClock.now - t0
         var endToEnd: [Double] = [], passes: [Double] = []
         for k in 1...101 {
