@@ -122,40 +122,11 @@ enum NFTMessages {
         case .addElements(let t, let set, let items):
             let sorted = items.keys.sorted { NFT.text($0) < NFT.text($1) }
             return chunks(sorted, size: { 64 + (items[$0]!?.chain?.utf8.count ?? 0) + bytes($0).count }) { chunk in
-                var m = message(k(NFT_MSG_NEWSETELEM), flags: k(NLM_F_CREATE))
-                m.attr(k(NFTA_SET_ELEM_LIST_TABLE), string: t)
-                m.attr(k(NFTA_SET_ELEM_LIST_SET), string: set)
-                m.beginNest(k(NFTA_SET_ELEM_LIST_ELEMENTS), flagged: true)
-                for key in chunk {
-                    m.beginNest(k(NFTA_LIST_ELEM), flagged: true)
-                    m.beginNest(k(NFTA_SET_ELEM_KEY), flagged: true)
-                    m.attr(k(NFTA_DATA_VALUE), bytes(key))
-                    m.endNest()
-                    if let v = items[key]! {
-                        m.beginNest(k(NFTA_SET_ELEM_DATA), flagged: true)
-                        verdictData(v, to: &m)
-                        m.endNest()
-                    }
-                    m.endNest()
-                }
-                m.endNest()
-                return m
+                elements(k(NFT_MSG_NEWSETELEM), flags: k(NLM_F_CREATE), t, set, chunk) { items[$0]! }
             }
         case .deleteElements(let t, let set, let keys):
             return chunks(keys, size: { 32 + bytes($0).count }) { chunk in
-                var m = message(k(NFT_MSG_DELSETELEM))
-                m.attr(k(NFTA_SET_ELEM_LIST_TABLE), string: t)
-                m.attr(k(NFTA_SET_ELEM_LIST_SET), string: set)
-                m.beginNest(k(NFTA_SET_ELEM_LIST_ELEMENTS), flagged: true)
-                for key in chunk {
-                    m.beginNest(k(NFTA_LIST_ELEM), flagged: true)
-                    m.beginNest(k(NFTA_SET_ELEM_KEY), flagged: true)
-                    m.attr(k(NFTA_DATA_VALUE), bytes(key))
-                    m.endNest()
-                    m.endNest()
-                }
-                m.endNest()
-                return m
+                elements(k(NFT_MSG_DELSETELEM), flags: 0, t, set, chunk) { _ in nil }
             }
         }
     }
@@ -209,6 +180,29 @@ enum NFTMessages {
 
     /// One libnftnl user data record: type, length, value.
     static func userData(_ type: UInt8, _ value: [UInt8]) -> [UInt8] { [type, UInt8(value.count)] + value }
+
+    /// One message of set elements: each key, and its verdict where `value` gives one (maps).
+    static func elements(_ type: Int32, flags: Int32, _ table: String, _ set: String, _ keys: ArraySlice<NFT.Key>,
+                         value: (NFT.Key) -> NFT.Verdict?) -> NetlinkRequest {
+        var m = message(type, flags: flags)
+        m.attr(k(NFTA_SET_ELEM_LIST_TABLE), string: table)
+        m.attr(k(NFTA_SET_ELEM_LIST_SET), string: set)
+        m.beginNest(k(NFTA_SET_ELEM_LIST_ELEMENTS), flagged: true)
+        for key in keys {
+            m.beginNest(k(NFTA_LIST_ELEM), flagged: true)
+            m.beginNest(k(NFTA_SET_ELEM_KEY), flagged: true)
+            m.attr(k(NFTA_DATA_VALUE), bytes(key))
+            m.endNest()
+            if let v = value(key) {
+                m.beginNest(k(NFTA_SET_ELEM_DATA), flagged: true)
+                verdictData(v, to: &m)
+                m.endNest()
+            }
+            m.endNest()
+        }
+        m.endNest()
+        return m
+    }
 
     /// Elements in messages whose element list stays well under 64 KiB (a netlink attribute's
     /// length is 16 bits, and the list is one attribute); `size` bounds one element's encoding.
