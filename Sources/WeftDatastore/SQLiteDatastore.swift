@@ -433,8 +433,20 @@ public final class SQLiteDatastore: Datastore, Sendable {
 
     /// A write transaction is IMMEDIATE (GRDB's default for writes), so a busy error leaves
     /// nothing done and the body can run again.
+    ///
+    /// A write that added rows to the key log (a put, a delete, a lease's keys swept) touches the
+    /// file's change marker once it is committed (`WALNotifier`), so the watch hubs of every
+    /// process read it at once; a write of leases alone (a keepalive) wakes nobody.
     private func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
-        try await retryingBusy { try await self.pool.write(body) }
+        let (result, logged) = try await retryingBusy {
+            try await self.pool.write { db -> (T, Bool) in
+                let before = try Self.headRevision(db)
+                let result = try body(db)
+                return (result, try Self.headRevision(db) != before)
+            }
+        }
+        if logged { WALNotifier.markChanged(databasePath: path) }
+        return result
     }
 
     /// Runs `access` again on the SQLITE_BUSY that SQLite returns without waiting (see `open`)

@@ -86,10 +86,9 @@ final class SQLiteWatchHub: Sendable {
     private func run() async {
         var lastStamp: WALStamp?
         var lastQuery = ContinuousClock.now
-        var lookedAgain = false
-        // Woken at each commit of any process (inotify on the log), so an event reaches the
-        // watchers in about a millisecond, not at the next poll; one per hub, so one wake-up and
-        // one query per commit per process. Polling stays as the fallback.
+        // Woken at each commit to the key log by any process (`WALNotifier`), so an event reaches
+        // the watchers in about a millisecond, not at the next poll; one per hub, so one wake-up
+        // and one query per commit per process. Polling stays as the fallback.
         let notifier = WALNotifier.shared(databasePath: path)
         /// Sleeps until the log changes after `seen`, or `interval` passes.
         func pause(_ interval: Double, seen: UInt64?) async {
@@ -124,17 +123,7 @@ final class SQLiteWatchHub: Sendable {
             lastQuery = ContinuousClock.now
             let full: Bool
             do {
-                let (wasFull, rows) = try await poll(store)
-                full = wasFull
-                // Woken by a change to the log that brought no row: the commit may be written but
-                // not yet published in the shared index; look once more shortly (a change that was
-                // no row, such as a lease renewal, is then taken as seen).
-                if rows == 0, stamp != lastStamp, !lookedAgain {
-                    lookedAgain = true
-                    try? await Task.sleep(for: .milliseconds(2))
-                    continue
-                }
-                lookedAgain = false
+                full = try await poll(store)
                 lastStamp = stamp
             } catch {
                 // The file cannot be read: every watch ends with the error (their owners relist).
@@ -152,8 +141,8 @@ final class SQLiteWatchHub: Sendable {
     /// One read transaction: catch-ups of the watchers not yet joined, then the shared rows
     /// after the hub's position. Events are yielded under the hub's lock, so a watcher that
     /// leaves or joins meanwhile sees each revision once. Returns true when a batch was full
-    /// (poll again at once), and how many shared rows were read.
-    private func poll(_ store: SQLiteDatastore) async throws -> (full: Bool, rows: Int) {
+    /// (poll again at once).
+    private func poll(_ store: SQLiteDatastore) async throws -> Bool {
         let plan = state.withLock { s in (s.position, s.watchers.filter { !$0.value.joined }.mapValues { ($0.range, $0.position, $0.requested) }) }
         let batch = SQLiteDatastore.watchBatch
         let result = try await store.read { [self] db -> (head: Int64?, shared: [SQLiteDatastore.KVRow], catchUps: [Int: Result<[SQLiteDatastore.KVRow], DatastoreError>]) in
@@ -209,8 +198,7 @@ final class SQLiteWatchHub: Sendable {
             }
             if let head = result.head { s.position = head }
             for id in Array(s.watchers.keys) where s.watchers[id]!.joined { s.watchers[id]!.position = max(s.watchers[id]!.position, s.position ?? 0) }
-            let full = result.shared.count == batch || result.catchUps.values.contains { if case .success(let r) = $0 { r.count == batch } else { false } }
-            return (full, result.shared.count)
+            return result.shared.count == batch || result.catchUps.values.contains { if case .success(let r) = $0 { r.count == batch } else { false } }
         }
     }
 }
