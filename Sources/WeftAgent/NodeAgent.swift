@@ -137,7 +137,8 @@ public final class NodeAgent: Service, @unchecked Sendable {
         ]
         if let dns {
             let nodeDNS = NodeDNS(store: store, logger: logger, node: config.nodeName, hostIP: hostIP, server: dns, leaseTTL: config.leaseTTL)
-            loops.append(loop("cluster DNS") { try await nodeDNS.run() }.bestEffort())
+            // Restarted: its lease keeps this node's kube-dns endpoint, and pods here ask only it.
+            loops.append(loop("cluster DNS", restartAfter: .seconds(1)) { try await nodeDNS.run() }.bestEffort())
         }
         if let server = metricsServer {
             loops.append(loop("metrics server") {

@@ -22,7 +22,7 @@ final class EtcdWatchHub: Sendable {
 
     private struct Stream {
         var subscribers: [Int: Subscriber] = [:]
-        /// Bumped at each (re)start: events and endings of an older stream are ignored.
+        /// New at each (re)start: events and endings of an older stream are ignored.
         var generation = 0
         var task: Task<Void, Never>?
         /// The revision up to which the running stream has delivered.
@@ -38,6 +38,8 @@ final class EtcdWatchHub: Sendable {
 
     /// Streams opened, in all (for tests: watches of one prefix share one).
     let streamsOpened = Atomic<Int>(0)
+    /// Stream generations, one sequence for every prefix of this hub.
+    private let generations = Atomic<Int>(0)
 
     /// Work to do once the lock is let go: finishing a stream runs its onTermination (which
     /// takes the lock), and cancelling a task runs its cancellation handlers.
@@ -85,7 +87,9 @@ final class EtcdWatchHub: Sendable {
     private func restart(_ store: EtcdDatastore, prefix: String, _ stream: inout Stream, _ after: inout Aftermath) {
         if let old = stream.task { after.cancel.append(old) }
         guard let from = stream.subscribers.values.map(\.position).min() else { stream.task = nil; return }
-        stream.generation += 1
+        // Numbered across the hub, not per stream: a prefix's stream made anew after its last
+        // watch left must not take the number of the old one, whose ending is still to come.
+        stream.generation = generations.add(1, ordering: .relaxed).newValue
         stream.delivered = from
         streamsOpened.add(1, ordering: .relaxed)
         let generation = stream.generation

@@ -63,6 +63,9 @@ final class SQLiteWatchHub: Sendable {
 
     private init(path: String) { self.path = path }
 
+    /// How often a hub woken by commits polls anyway.
+    static let fallbackPoll = 0.5
+
     func watch(_ store: SQLiteDatastore, prefix: String, afterRevision: Int64) -> AsyncThrowingStream<WatchEvent, Error> {
         let (stream, continuation) = AsyncThrowingStream.makeStream(of: WatchEvent.self, throwing: Error.self)
         let (id, start) = state.withLock { s -> (Int, Bool) in
@@ -78,8 +81,9 @@ final class SQLiteWatchHub: Sendable {
         continuation.onTermination = { [weak self] _ in
             _ = self?.state.withLock { $0.watchers.removeValue(forKey: id) }
         }
-        // The hub's own task, ended by `run` when no watcher is left.
-        if start { Task { await self.run() } }
+        // The hub's own task, ended by `run` when no watcher is left; a running one is woken for
+        // the newcomer's catch-up.
+        if start { Task { await self.run() } } else { WALNotifier.shared(databasePath: path)?.poke() }
         return stream
     }
 
@@ -93,7 +97,9 @@ final class SQLiteWatchHub: Sendable {
         /// Sleeps until the log changes after `seen`, or `interval` passes.
         func pause(_ interval: Double, seen: UInt64?) async {
             if let notifier, let seen {
-                await notifier.wait(past: seen, timeout: .milliseconds(Int(interval * 1000)))
+                // Commits wake it: the poll is only the fallback (a writer that does not touch
+                // the marker), so it need not come every 50 ms.
+                await notifier.wait(past: seen, timeout: .milliseconds(Int(max(interval, Self.fallbackPoll) * 1000)))
             } else {
                 try? await Task.sleep(nanoseconds: UInt64(interval * 1e9))
             }

@@ -77,6 +77,18 @@ final class WALNotifier: Sendable {
 
     static let markerSuffix = "-changes"
 
+    /// Wakes this process's waits as a change would (a watch joined and wants its catch-up now).
+    func poke() { Self.wake(shared) }
+
+    private static func wake(_ shared: Shared) {
+        let woken = shared.state.withLock { s in
+            s.generation += 1
+            defer { s.waiters = [:] }
+            return Array(s.waiters.values)
+        }
+        for c in woken { c.resume() }
+    }
+
     /// Tells every process's notifier on this file that the key log changed: the marker's times
     /// set to now (IN_ATTRIB), the marker made if it is not there (IN_CREATE). Best effort.
     static func markChanged(databasePath: String) {
@@ -144,12 +156,7 @@ final class WALNotifier: Sendable {
                 at += 16 + len
             }
             guard relevant else { continue }
-            let woken = shared.state.withLock { s in
-                s.generation += 1
-                defer { s.waiters = [:] }
-                return Array(s.waiters.values)
-            }
-            for c in woken { c.resume() }
+            wake(shared)
         }
     }
 }

@@ -32,7 +32,10 @@ public struct ClusterClient: Sendable {
         do {
             for o in ordered { try await write(o, into: &result, undo: &undo) }
         } catch {
-            await undo.revert(store)
+            let left = await undo.revert(store)
+            guard left.isEmpty else {
+                throw ManifestError("\(error)\nwhat this apply had written is undone, except \(left.joined(separator: ", ")), changed meanwhile by another client")
+            }
             throw ManifestError("\(error)\nnothing of \(source) was kept: what this apply had written is undone")
         }
         return result
@@ -219,11 +222,20 @@ public struct ClusterClient: Sendable {
         /// Services as allocated, with the version stored before (nil: new).
         var allocated: [(KubeObject, KubeObject?)] = []
 
-        /// Best effort, newest first; a key someone else changed since is theirs and left alone.
-        func revert(_ store: any Datastore) async {
-            for (key, rev) in created.reversed() { try? await store.delete(key, expectedRevision: rev) }
-            for (key, previous, rev) in updated.reversed() { _ = try? await store.update(key, value: previous, expectedRevision: rev) }
+        /// Newest first. A key this apply created goes even if its status was written since (the
+        /// runtime records a pod's addresses at once); a key someone else re-created or updated is
+        /// theirs and left alone. Returns the keys that could not be taken back.
+        func revert(_ store: any Datastore) async -> [String] {
+            var left: [String] = []
+            for (key, rev) in created.reversed() {
+                guard let kv = try? await store.get(key) else { continue }
+                guard kv.createRevision == rev, (try? await store.delete(key, expectedRevision: kv.modRevision)) != nil else { left.append(key); continue }
+            }
+            for (key, previous, rev) in updated.reversed() where (try? await store.update(key, value: previous, expectedRevision: rev)) == nil {
+                left.append(key)
+            }
             for (service, before) in allocated.reversed() { try? await ServiceAllocator(store: store).release(service, keeping: before) }
+            return left
         }
     }
 

@@ -108,3 +108,49 @@ import WeftOSFakes
         #expect(message.contains("x.yaml document 2: spec.containers[0].ports[0].containerPort 70000"), "\(message)")
     }
 }
+
+/// A datastore that refuses the create of one key, after writing a status into another as a
+/// node's runtime does meanwhile: the write phase of an apply failing half way.
+final class FailingCreate: Datastore, @unchecked Sendable {
+    let base: MemoryDatastore, failing: String, touched: String
+    init(_ base: MemoryDatastore, failing: String, touching: String) { self.base = base; self.failing = failing; touched = touching }
+    func get(_ key: String) async throws -> KeyValue? { try await base.get(key) }
+    func list(prefix: String) async throws -> (items: [KeyValue], revision: Int64) { try await base.list(prefix: prefix) }
+    func create(_ key: String, value: [UInt8], lease: Int64) async throws -> Int64 {
+        if key == failing {
+            if let kv = try await base.get(touched) { try await base.update(touched, value: kv.value + Array(" ".utf8), expectedRevision: kv.modRevision) }
+            throw DatastoreError.unavailable("refused for the test")
+        }
+        return try await base.create(key, value: value, lease: lease)
+    }
+    func update(_ key: String, value: [UInt8], expectedRevision: Int64, lease: Int64) async throws -> Int64 {
+        try await base.update(key, value: value, expectedRevision: expectedRevision, lease: lease)
+    }
+    func delete(_ key: String, expectedRevision: Int64?) async throws { try await base.delete(key, expectedRevision: expectedRevision) }
+    func watch(prefix: String, afterRevision: Int64) -> AsyncThrowingStream<WatchEvent, Error> { base.watch(prefix: prefix, afterRevision: afterRevision) }
+    func grantLease(ttlSeconds: Int64) async throws -> Int64 { try await base.grantLease(ttlSeconds: ttlSeconds) }
+    func keepAlive(lease: Int64) async throws { try await base.keepAlive(lease: lease) }
+    func revokeLease(_ lease: Int64) async throws { try await base.revokeLease(lease) }
+}
+
+extension ApplyTests {
+    @Test("a write that fails half way: what the apply wrote is undone, also a pod whose status was written since")
+    func failedWriteIsUndone() async throws {
+        let (memory, _) = try await cluster(nodes: 1)
+        let before = try await storedKeys(memory)
+        let store = FailingCreate(memory, failing: Keys.pods + "default/c", touching: Keys.pods + "default/a")
+        let objects = try Manifests.parse("""
+            {apiVersion: v1, kind: Service, metadata: {name: s}, spec: {type: NodePort, ports: [{port: 80}]}}
+            ---
+            {apiVersion: v1, kind: Pod, metadata: {name: a}, spec: {nodeName: node0, containers: [{name: a}]}}
+            ---
+            {apiVersion: v1, kind: Pod, metadata: {name: c}, spec: {nodeName: node0, containers: [{name: c}]}}
+            """, source: "f.yaml")
+        let error = await #expect(throws: ManifestError.self) { try await ClusterClient(store: store).apply(objects, source: "f.yaml") }
+        #expect(error?.description.contains("refused for the test") == true)
+        #expect(error?.description.hasSuffix("nothing of f.yaml was kept: what this apply had written is undone") == true, "\(error?.description ?? "")")
+        // The default namespace stays: a cluster always has it (it is made on first use).
+        let left = try await storedKeys(memory).filter { !before.contains($0) }
+        #expect(left == [Keys.namespace("default")], "the service, its cluster IP and node port, and pod a are gone: \(left)")
+    }
+}
